@@ -1,0 +1,70 @@
+//! Kafka clients, all built from [`KafkaConfig`].
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::FutureProducer;
+
+use crate::config::KafkaConfig;
+
+/// Settings every client shares: where the brokers are (and, later, how to authenticate).
+pub fn client_config(config: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.brokers);
+    c
+}
+
+/// The producer for bids: the broker acks only once every in-sync replica has the bid, and
+/// idempotence keeps a retried send from being written twice. `delivery_timeout` bounds how
+/// long a send may wait for that ack, retries included.
+pub fn bid_producer(config: &KafkaConfig, delivery_timeout: Duration) -> Result<FutureProducer, KafkaError> {
+    client_config(config)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "2")
+        .set("message.timeout.ms", delivery_timeout.as_millis().to_string())
+        .set("socket.connection.setup.timeout.ms", "3000")
+        .create()
+}
+
+/// A consumer group member that never stores an offset by itself: the caller stores each
+/// message's offset once its bid is durable, and librdkafka commits what was stored
+/// (periodically, on partition revoke, and on close).
+pub fn consumer_config(config: &KafkaConfig, group_id: &str) -> ClientConfig {
+    let mut c = client_config(config);
+    c.set("group.id", group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("partition.assignment.strategy", "cooperative-sticky");
+    c
+}
+
+/// Creates the bids topic with the configured partitions if it does not exist yet.
+/// The replication factor is the broker's default.
+pub async fn ensure_topic(config: &KafkaConfig) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(config).create()?;
+    let topic = NewTopic::new(&config.topic, config.topic_partitions, TopicReplication::Fixed(-1));
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics([&topic], &options).await? {
+        match result {
+            Ok(_) => log::info!("created topic {} with {} partitions", config.topic, config.topic_partitions),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => return Err(KafkaError::AdminOp(code)).inspect_err(|_| log::error!("creating topic {name} failed: {code}")),
+        }
+    }
+    Ok(())
+}
+
+/// Deletes a topic (tests clean up their own).
+pub async fn delete_topic(config: &KafkaConfig) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(config).create()?;
+    admin.delete_topics(&[&config.topic], &AdminOptions::new()).await?;
+    Ok(())
+}

@@ -1,0 +1,12 @@
+//! What the site and the consumers share: the bid model with its validation, the Avro
+//! schema and codec, and one place that builds every Kafka, registry and MySQL client
+//! from configuration.
+
+pub mod avro;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod kafka;
+pub mod registry;
+
+pub use domain::{AuctionId, Bid, BidId, BidderName, Price, ValidationError};

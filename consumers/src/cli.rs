@@ -1,0 +1,101 @@
+//! Command line of `auction-consumer`. Every flag is also an environment variable.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use auction_common::config::{DatabaseConfig, KafkaConfig, RegistryConfig};
+use tokio::sync::watch;
+
+use crate::db_writer::MySqlSink;
+use crate::file_backup::CsvSink;
+use crate::pipeline::{self, ConsumerSettings, ConsumerStatus};
+
+#[derive(clap::Parser, Debug)]
+#[command(name = "auction-consumer", version, about = "Consumer groups of the auction bid stream")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Write bids to MySQL table `bid` (consumer group bid-db-writers; run two or more).
+    DbWriter {
+        /// Consumer group; replicas in one group share the partitions.
+        #[arg(long = "consumer-group", env = "CONSUMER_GROUP", default_value = "bid-db-writers")]
+        group: String,
+        #[command(flatten)]
+        consume: ConsumeArgs,
+        #[command(flatten)]
+        database: DatabaseConfig,
+    },
+    /// Append bids to a CSV audit file (consumer group bid-file-backup; one per file).
+    FileBackup {
+        #[arg(long = "consumer-group", env = "CONSUMER_GROUP", default_value = "bid-file-backup")]
+        group: String,
+        /// The CSV file bids are appended to.
+        #[arg(long = "backup-csv", env = "BACKUP_CSV", default_value = "data/bids.csv")]
+        backup_csv: PathBuf,
+        #[command(flatten)]
+        consume: ConsumeArgs,
+    },
+    /// Apply the MySQL schema migrations in sql/migrations (needs a user allowed to create tables).
+    Migrate {
+        /// MySQL URL of a user with DDL rights on the database.
+        #[arg(long = "admin-database-url", env = "ADMIN_DATABASE_URL", default_value = "mysql://auction_admin:auction_admin@127.0.0.1:3306/auction", hide_env_values = true)]
+        url: String,
+    },
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConsumeArgs {
+    #[command(flatten)]
+    pub kafka: KafkaConfig,
+    #[command(flatten)]
+    pub registry: RegistryConfig,
+    /// A batch is written once it holds this many bids...
+    #[arg(long = "batch-max-size", env = "BATCH_MAX_SIZE", default_value_t = 500)]
+    pub batch_max_size: usize,
+    /// ...or once its first bid has waited this long.
+    #[arg(long = "batch-max-wait-ms", env = "BATCH_MAX_WAIT_MS", default_value_t = 50)]
+    pub batch_max_wait_ms: u64,
+}
+
+impl ConsumeArgs {
+    pub fn settings(&self, group: &str) -> ConsumerSettings {
+        ConsumerSettings {
+            kafka: self.kafka.clone(),
+            registry: self.registry.clone(),
+            group_id: group.to_owned(),
+            batch_max_size: self.batch_max_size.max(1),
+            batch_max_wait: Duration::from_millis(self.batch_max_wait_ms),
+        }
+    }
+}
+
+/// Runs a command until it finishes or `shutdown` turns true.
+pub async fn run(command: Command, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let status = Arc::new(ConsumerStatus::default());
+    match command {
+        Command::DbWriter { group, consume, database } => {
+            let sink = MySqlSink::new(&database).with_context(|| format!("Invalid DATABASE_URL {}", database.redacted_url()))?;
+            pipeline::run(consume.settings(&group), sink, status, shutdown).await
+        }
+        Command::FileBackup { group, backup_csv, consume } => {
+            let sink = CsvSink::open(&backup_csv)?;
+            pipeline::run(consume.settings(&group), sink, status, shutdown).await
+        }
+        Command::Migrate { url } => {
+            let config = DatabaseConfig { url, max_connections: 1 };
+            let pool = auction_common::db::pool(&config).with_context(|| format!("Invalid ADMIN_DATABASE_URL {}", config.redacted_url()))?;
+            let applied = auction_common::db::migrate(&pool)
+                .await
+                .with_context(|| format!("Failed to migrate {}", config.redacted_url()))?;
+            log::info!("migrations applied: {applied:?} (none means up to date)");
+            pool.disconnect().await?;
+            Ok(())
+        }
+    }
+}

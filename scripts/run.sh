@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Runs the application on the local stack: the site, two db-writers (one consumer group) and
+# one file-backup, from the release binaries.
+#   scripts/run.sh            foreground; logs to the terminal and .stack/logs/; Ctrl-C stops all
+#                             (and the stack too, if this run started it)
+#   scripts/run.sh --background   detached; returns once GET /readyz answers 200
+#   scripts/run.sh --stop         stops what --background started
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BIN=${BIN:-$ROOT/target/release}
+RUN=$ROOT/.stack/run
+LOGS=$ROOT/.stack/logs
+BIND_ADDR=${BIND_ADDR:-127.0.0.1:8080}
+export RUST_LOG=${RUST_LOG:-info}
+export BACKUP_CSV=${BACKUP_CSV:-$ROOT/data/bids.csv}
+APPS=(web db-writer-1 db-writer-2 file-backup)
+
+command_of() {
+  case $1 in
+    web) echo "$BIN/auction-web --bind-addr $BIND_ADDR" ;;
+    db-writer-*) echo "$BIN/auction-consumer db-writer" ;;
+    file-backup) echo "$BIN/auction-consumer file-backup" ;;
+  esac
+}
+
+alive() { [[ -f $RUN/app-$1.pid ]] && kill -0 "$(cat "$RUN/app-$1.pid")" 2>/dev/null; }
+
+stop_apps() {
+  local app pid
+  for app in "${APPS[@]}"; do
+    alive "$app" || { rm -f "$RUN/app-$app.pid"; continue; }
+    pid=$(cat "$RUN/app-$app.pid")
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for app in "${APPS[@]}"; do
+    [[ -f $RUN/app-$app.pid ]] || continue
+    pid=$(cat "$RUN/app-$app.pid")
+    for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    rm -f "$RUN/app-$app.pid"
+    printf '%-12s stopped\n' "$app"
+  done
+}
+
+wait_ready() {
+  local url="http://$BIND_ADDR/readyz"
+  for _ in $(seq 1 120); do
+    if curl -fsS -o /dev/null --max-time 5 "$url"; then
+      echo "ready: http://$BIND_ADDR/"
+      return 0
+    fi
+    for app in "${APPS[@]}"; do
+      alive "$app" || { echo "$app exited; its log: $LOGS/$app.log" >&2; tail -n 20 "$LOGS/$app.log" >&2; return 1; }
+    done
+    sleep 0.5
+  done
+  echo "not ready after 60 s: $(curl -sS --max-time 5 "$url" || true)" >&2
+  return 1
+}
+
+start_apps() {
+  mkdir -p "$RUN" "$LOGS" "$(dirname "$BACKUP_CSV")"
+  local app
+  for app in "${APPS[@]}"; do
+    if alive "$app"; then printf '%-12s already running\n' "$app"; continue; fi
+    # shellcheck disable=SC2046 # the command line is split on purpose
+    setsid $(command_of "$app") >>"$LOGS/$app.log" 2>&1 < /dev/null &
+    echo $! > "$RUN/app-$app.pid"
+    printf '%-12s started (log %s)\n' "$app" "$LOGS/$app.log"
+  done
+}
+
+case ${1:-} in
+  --stop) stop_apps ;;
+  --background) start_apps; wait_ready ;;
+  "")
+    stack_was_up=yes
+    bash "$ROOT/scripts/stack.sh" status >/dev/null 2>&1 || stack_was_up=no
+    bash "$ROOT/scripts/stack.sh" up
+    "$BIN/auction-consumer" migrate
+    start_apps
+    cleanup() {
+      trap - INT TERM EXIT
+      echo; stop_apps
+      [[ $stack_was_up == yes ]] || bash "$ROOT/scripts/stack.sh" down
+      kill $(jobs -p) 2>/dev/null || true
+    }
+    trap cleanup INT TERM EXIT
+    wait_ready
+    cat <<MSG
+
+  Site:       http://$BIND_ADDR/
+  MySQL:      127.0.0.1:3306, database auction, user analyst / password analyst (read-only)
+  CSV backup: $BACKUP_CSV
+  Logs:       $LOGS/
+
+  Ctrl-C stops everything.
+MSG
+    tail -q -n 0 -F "$LOGS/web.log" "$LOGS/db-writer-1.log" "$LOGS/db-writer-2.log" "$LOGS/file-backup.log" &
+    wait
+    ;;
+  *) echo "usage: $0 [--background|--stop]" >&2; exit 2 ;;
+esac

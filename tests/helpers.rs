@@ -1,0 +1,187 @@
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use auction_common::config::{DatabaseConfig, KafkaConfig, RegistryConfig};
+use auction_common::{db, kafka};
+use auction_consumers::db_writer::MySqlSink;
+use auction_consumers::file_backup::CsvSink;
+use auction_consumers::pipeline::{self, ConsumerSettings, ConsumerStatus};
+use auction_web::{Application, WebConfig};
+use mysql_async::prelude::Queryable;
+use mysql_async::Pool;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+/// One test's private slice of the real stack: its own topic and database.
+pub struct TestStack {
+    pub suffix: String,
+    pub kafka: KafkaConfig,
+    pub registry: RegistryConfig,
+    pub database: DatabaseConfig,
+    pub pool: Pool,
+    db_name: String,
+    server_url: String,
+}
+
+impl TestStack {
+    pub async fn new() -> Self {
+        let _ = env_logger::builder().is_test(true).try_init();
+        let suffix = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let kafka = KafkaConfig {
+            brokers: env_or("KAFKA_BROKERS", "127.0.0.1:9092"),
+            topic: format!("bids-test-{suffix}"),
+            topic_partitions: 6,
+        };
+        let registry = RegistryConfig { url: env_or("SCHEMA_REGISTRY_URL", "http://127.0.0.1:8081/apis/ccompat/v7"), timeout_ms: 3000 };
+        // auction_admin may create databases named auction_test_*.
+        let server_url = env_or("TEST_MYSQL_ADMIN_URL", "mysql://auction_admin:auction_admin@127.0.0.1:3306");
+        let db_name = format!("auction_test_{suffix}");
+        let admin = Pool::new(server_url.as_str());
+        let mut conn = admin.get_conn().await.expect("MariaDB is up (make stack-up)");
+        conn.query_drop(format!("CREATE DATABASE {db_name} CHARACTER SET utf8mb4")).await.expect("create test database");
+        drop(conn);
+        admin.disconnect().await.ok();
+        let database = DatabaseConfig { url: format!("{server_url}/{db_name}"), max_connections: 4 };
+        let pool = db::pool(&database).expect("pool");
+        db::migrate(&pool).await.expect("migrations apply");
+        kafka::ensure_topic(&kafka).await.expect("Kafka is up (make stack-up)");
+        Self { suffix, kafka, registry, database, pool, db_name, server_url }
+    }
+
+    pub fn web_config(&self) -> WebConfig {
+        WebConfig {
+            bind_addr: "127.0.0.1:0".into(),
+            delivery_timeout_ms: 5000,
+            http_workers: Some(2),
+            kafka: self.kafka.clone(),
+            registry: self.registry.clone(),
+            database: self.database.clone(),
+        }
+    }
+
+    pub async fn spawn_web(&self) -> TestApp {
+        TestApp::spawn(self.web_config()).await
+    }
+
+    pub fn consumer_settings(&self, group: &str) -> ConsumerSettings {
+        ConsumerSettings {
+            kafka: self.kafka.clone(),
+            registry: self.registry.clone(),
+            group_id: format!("{group}-{}", self.suffix),
+            batch_max_size: 100,
+            batch_max_wait: Duration::from_millis(20),
+        }
+    }
+
+    pub fn spawn_db_writer(&self, group: &str) -> RunningConsumer {
+        let sink = MySqlSink::new(&self.database).expect("db-writer sink");
+        RunningConsumer::spawn(self.consumer_settings(group), sink)
+    }
+
+    pub fn spawn_file_backup(&self, group: &str, csv: &PathBuf) -> RunningConsumer {
+        let sink = CsvSink::open(csv).expect("file-backup sink");
+        RunningConsumer::spawn(self.consumer_settings(group), sink)
+    }
+
+    pub fn csv_path(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("auction-test-{}", self.suffix)).join("bids.csv")
+    }
+
+    /// Rows of `bid` as (bid_id, auction_id, name, price, bid_ts as text).
+    pub async fn bid_rows(&self) -> Vec<(String, u64, String, String, String)> {
+        let mut conn = self.pool.get_conn().await.expect("conn");
+        conn.query("SELECT bid_id, auction_id, name, CAST(price AS CHAR), DATE_FORMAT(bid_ts, '%Y-%m-%dT%H:%i:%s.%fZ') FROM bid ORDER BY id")
+            .await
+            .expect("select bids")
+    }
+
+    /// How many messages the topic holds, over all partitions.
+    pub fn messages_in_topic(&self) -> i64 {
+        let consumer: BaseConsumer = kafka::client_config(&self.kafka).create().expect("consumer");
+        (0..self.kafka.topic_partitions)
+            .map(|p| {
+                let (low, high) = consumer.fetch_watermarks(&self.kafka.topic, p, Duration::from_secs(5)).expect("watermarks");
+                high - low
+            })
+            .sum()
+    }
+
+    /// Drops the test's database and topic; leaves them for inspection if the test failed.
+    pub async fn cleanup(self) {
+        let _ = kafka::delete_topic(&self.kafka).await;
+        self.pool.disconnect().await.ok();
+        let admin = Pool::new(self.server_url.as_str());
+        if let Ok(mut conn) = admin.get_conn().await {
+            let _ = conn.query_drop(format!("DROP DATABASE {}", self.db_name)).await;
+        }
+        admin.disconnect().await.ok();
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("auction-test-{}", self.suffix)));
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+}
+
+impl TestApp {
+    pub async fn spawn(config: WebConfig) -> Self {
+        let app = Application::build(config).await.expect("app builds");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        tokio::spawn(app.run_until_stopped());
+        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+        Self { address, client }
+    }
+
+    pub async fn post_bid_json(&self, auction: &str, body: serde_json::Value) -> reqwest::Response {
+        self.client.post(format!("{}/api/auctions/{auction}/bids", self.address)).json(&body).send().await.expect("POST")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(format!("{}{path}", self.address)).send().await.expect("GET")
+    }
+}
+
+pub struct RunningConsumer {
+    pub status: Arc<ConsumerStatus>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningConsumer {
+    fn spawn<S: pipeline::Sink + Send + 'static>(settings: ConsumerSettings, sink: S) -> Self {
+        let status = Arc::new(ConsumerStatus::default());
+        let (stop, shutdown) = watch::channel(false);
+        let task = tokio::spawn(pipeline::run(settings, sink, status.clone(), shutdown));
+        Self { status, stop, task }
+    }
+
+    /// Asks it to stop as SIGTERM would, and waits until it has.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.task.await.expect("consumer task").expect("consumer ends cleanly");
+    }
+}
+
+/// Polls `check` until it returns Some, or panics after `limit` with `what`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,8 @@
+//! Integration tests over the real stack: Kafka on 127.0.0.1:9092, the Apicurio registry on
+//! 127.0.0.1:8081 and MariaDB on 127.0.0.1:3306 (`make stack-up`). Each test makes its own
+//! topic, consumer groups, database and CSV file, so tests run in parallel.
+
+mod api;
+mod consumers;
+mod helpers;
+mod pages;
