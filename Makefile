@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test up down stack-up stack-down status build release migrate check-toolchain
+.PHONY: run test up down stack-up stack-down status build release migrate bench check-toolchain
 
 ## run: build, start the stack, the site on http://127.0.0.1:8080, 2 db-writers and a file-backup (Ctrl-C stops all)
 run: release
@@ -35,6 +35,10 @@ migrate: release stack-up
 
 release: check-toolchain
 	$(CARGO) build --release --locked -p auction-web -p auction-consumers
+
+## bench: load the running system (make up) and print bids/s at the API and end to end
+bench: up
+	$(CARGO) run --release --locked -p auction-tests --example pipeline_bench -- $(BENCH_ARGS)
 
 check-toolchain:
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust 1.89 or newer with rustup (https://rustup.rs)"; exit 1; }

@@ -93,7 +93,9 @@ start_bg() {
   printf '\n===== %s: starting %s =====\n' "$(date -u +%FT%TZ)" "$name" >>"$logf"
   rm -f "$RUN/$name.pid"
   # shellcheck disable=SC2016 # $$ and $@ belong to the inner bash
-  (cd "$dir" && setsid nohup bash -c 'echo $$ >"$0"; exec "$@"' "$RUN/$name.pid" "$@" >>"$logf" 2>&1 </dev/null &)
+  # The redirections cover the whole subshell and it execs: nothing left running holds the
+  # caller's stdout, so `make stack-up | tail` (or a CI log pipe) ends when the script does.
+  (cd "$dir" && exec setsid nohup bash -c 'echo $$ >"$0"; exec "$@"' "$RUN/$name.pid" "$@") >>"$logf" 2>&1 </dev/null &
   # Wait for the pid file so that wait_ready can tell "still starting" from "died".
   local i
   for ((i = 0; i < 50; i++)); do [[ -s $RUN/$name.pid ]] && return; sleep 0.1; done
@@ -195,7 +197,11 @@ mariadb_users_sql() {
       echo "ALTER USER $who IDENTIFIED BY $(sql_str "$pw");"
       echo "REVOKE ALL PRIVILEGES, GRANT OPTION FROM $who;"
       case $user in
-        auction) echo "GRANT SELECT, INSERT ON auction.* TO $who;" ;;
+        auction)
+          echo "GRANT SELECT, INSERT ON auction.* TO $who;"
+          # The same rights on the tests' own databases, so tests run the programs as this user.
+          echo "GRANT SELECT, INSERT ON \`auction\\_test\\_%\`.* TO $who;"
+          ;;
         analyst) echo "GRANT SELECT ON auction.* TO $who;" ;;
         auction_admin)
           echo "GRANT ALL PRIVILEGES ON auction.* TO $who;"

@@ -168,3 +168,21 @@ async fn auction_api_shows_the_highest_bid_earliest_winning_a_tie_and_the_count(
     writer.stop().await;
     stack.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_closed_auction_gets_409_and_nothing_is_produced() {
+    use mysql_async::prelude::Queryable;
+    let stack = TestStack::new().await;
+    let mut conn = stack.pool.get_conn().await.unwrap();
+    conn.query_drop("INSERT INTO auction (id, title, closed_at) VALUES (7, 'Sold lamp', UTC_TIMESTAMP(6))").await.unwrap();
+    drop(conn);
+    let app = stack.spawn_web().await;
+
+    let response = app.post_bid_json("7", json!({"name": "Ada", "price": "10"})).await;
+
+    assert_eq!(response.status(), 409);
+    let error: Value = response.json().await.unwrap();
+    assert!(error["error"].as_str().unwrap().contains("closed"), "{error}");
+    assert_eq!(stack.messages_in_topic(), 0);
+    stack.cleanup().await;
+}

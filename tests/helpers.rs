@@ -48,9 +48,12 @@ impl TestStack {
         conn.query_drop(format!("CREATE DATABASE {db_name} CHARACTER SET utf8mb4")).await.expect("create test database");
         drop(conn);
         admin.disconnect().await.ok();
-        let database = DatabaseConfig { url: format!("{server_url}/{db_name}"), max_connections: 4 };
-        let pool = db::pool(&database).expect("pool");
+        let admin_db = DatabaseConfig { url: format!("{server_url}/{db_name}"), max_connections: 4 };
+        let pool = db::pool(&admin_db).expect("pool");
         db::migrate(&pool).await.expect("migrations apply");
+        // The programs connect as the same least-privileged user as in production.
+        let app_user = env_or("TEST_MYSQL_APP_URL", "mysql://auction:auction@127.0.0.1:3306");
+        let database = DatabaseConfig { url: format!("{app_user}/{db_name}"), max_connections: 4 };
         kafka::ensure_topic(&kafka).await.expect("Kafka is up (make stack-up)");
         Self { suffix, kafka, registry, database, pool, db_name, server_url }
     }

@@ -43,7 +43,7 @@ async fn apply_pending(conn: &mut mysql_async::Conn) -> Result<Vec<u32>, mysql_a
         "CREATE TABLE IF NOT EXISTS schema_migrations (
            version    INT UNSIGNED NOT NULL PRIMARY KEY,
            name       VARCHAR(100) NOT NULL,
-           applied_at DATETIME(6)  NOT NULL DEFAULT UTC_TIMESTAMP(6)
+           applied_at DATETIME(6)  NOT NULL DEFAULT (UTC_TIMESTAMP(6))
          ) ENGINE = InnoDB",
     )
     .await?;

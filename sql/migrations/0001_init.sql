@@ -3,7 +3,7 @@
 CREATE TABLE auction (
   id         BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
   title      VARCHAR(200)    NOT NULL,
-  created_at DATETIME(6)     NOT NULL DEFAULT UTC_TIMESTAMP(6) COMMENT 'UTC',
+  created_at DATETIME(6)     NOT NULL DEFAULT (UTC_TIMESTAMP(6)) COMMENT 'UTC',
   closed_at  DATETIME(6)     NULL COMMENT 'UTC; NULL while the auction is open'
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_unicode_ci;
 

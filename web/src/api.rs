@@ -17,12 +17,12 @@ pub async fn accept_bid(state: &SharedState, auction: &str, name: &str, price: &
     let auction_id = parse_auction_id(auction)?;
     let name = BidderName::parse(name)?;
     let price = Price::parse(price)?;
-    state
-        .store
-        .auction(auction_id)
-        .await
-        .map_err(ApiError::database)?
-        .ok_or_else(|| ApiError::NotFound(auction_id.to_string()))?;
+    let auction = state.store.auction(auction_id).await.map_err(ApiError::database)?;
+    match auction {
+        None => return Err(ApiError::NotFound(auction_id.to_string())),
+        Some(a) if !a.open => return Err(ApiError::Closed(auction_id.to_string())),
+        Some(_) => {}
+    }
     let bid = Bid::accept(auction_id, name, price);
     state.publisher.publish(&bid).await.map_err(ApiError::from_publish)?;
     Ok(bid)

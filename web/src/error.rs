@@ -15,6 +15,8 @@ pub enum ApiError {
     BadBody(String),
     #[error("auction {0} not found")]
     NotFound(String),
+    #[error("auction {0} is closed and takes no more bids")]
+    Closed(String),
     #[error("{0}; try again shortly")]
     Unavailable(String),
     #[error("internal error")]
@@ -46,6 +48,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Invalid(_) | ApiError::BadBody(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Closed(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }

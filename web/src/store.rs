@@ -14,6 +14,7 @@ use serde::Serialize;
 pub struct Auction {
     pub id: u64,
     pub title: String,
+    pub open: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -44,8 +45,8 @@ pub struct StoredBid {
 
 pub struct Store {
     pool: Pool,
-    /// Auctions already seen. Bids check their auction here first, so the hot path does not
-    /// touch MySQL; an id not in it is looked up (new auctions work at once).
+    /// Open auctions already seen. Bids check their auction here first, so the hot path does
+    /// not touch MySQL; an id not in it is looked up (new auctions work at once).
     known: RwLock<HashMap<u64, Auction>>,
 }
 
@@ -85,9 +86,10 @@ impl Store {
             return Ok(Some(a));
         }
         let mut conn = self.pool.get_conn().await?;
-        let row: Option<(u64, String)> = conn.exec_first("SELECT id, title FROM auction WHERE id = ?", (id.get(),)).await?;
-        let found = row.map(|(id, title)| Auction { id, title });
-        if let (Some(a), Ok(mut known)) = (&found, self.known.write()) {
+        let row: Option<(u64, String, bool)> =
+            conn.exec_first("SELECT id, title, closed_at IS NULL FROM auction WHERE id = ?", (id.get(),)).await?;
+        let found = row.map(|(id, title, open)| Auction { id, title, open });
+        if let (Some(a), Ok(mut known)) = (found.as_ref().filter(|a| a.open), self.known.write()) {
             known.insert(a.id, a.clone());
         }
         Ok(found)
