@@ -22,7 +22,7 @@ pub struct KafkaConfig {
 #[derive(clap::Args, Debug, Clone)]
 pub struct RegistryConfig {
     /// Base URL of the Confluent-compatible schema registry API (no trailing slash).
-    #[arg(long = "schema-registry-url", env = "SCHEMA_REGISTRY_URL", default_value = "http://127.0.0.1:8081/apis/ccompat/v7")]
+    #[arg(id = "schema_registry_url", long = "schema-registry-url", env = "SCHEMA_REGISTRY_URL", default_value = "http://127.0.0.1:8081/apis/ccompat/v7")]
     pub url: String,
     /// How long one call to the registry may take.
     #[arg(long = "schema-registry-timeout-ms", env = "SCHEMA_REGISTRY_TIMEOUT_MS", default_value_t = 3000)]
@@ -38,7 +38,7 @@ impl RegistryConfig {
 #[derive(clap::Args, Clone)]
 pub struct DatabaseConfig {
     /// MySQL URL, mysql://user:password@host:port/database. The password is never logged.
-    #[arg(long = "database-url", env = "DATABASE_URL", default_value = "mysql://auction:auction@127.0.0.1:3306/auction", hide_env_values = true)]
+    #[arg(id = "database_url", long = "database-url", env = "DATABASE_URL", default_value = "mysql://auction:auction@127.0.0.1:3306/auction", hide_env_values = true)]
     pub url: String,
     /// Most connections the process keeps open to MySQL.
     #[arg(long = "database-max-connections", env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]

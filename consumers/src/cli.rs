@@ -99,3 +99,22 @@ pub async fn run(command: Command, shutdown: watch::Receiver<bool>) -> anyhow::R
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Cli, Command};
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn subcommands_parse_with_their_defaults() {
+        Cli::command().debug_assert();
+        let Command::DbWriter { group, database, .. } = Cli::try_parse_from(["auction-consumer", "db-writer"]).unwrap().command else {
+            panic!("db-writer")
+        };
+        assert_eq!((group.as_str(), database.url.as_str()), ("bid-db-writers", "mysql://auction:auction@127.0.0.1:3306/auction"));
+        let Command::FileBackup { group, backup_csv, .. } = Cli::try_parse_from(["auction-consumer", "file-backup"]).unwrap().command else {
+            panic!("file-backup")
+        };
+        assert_eq!((group.as_str(), backup_csv.to_str()), ("bid-file-backup", Some("data/bids.csv")));
+    }
+}

@@ -129,6 +129,7 @@ pub async fn run<S: Sink>(
     consumer.subscribe(&[&settings.kafka.topic])?;
     log::info!("group {} consuming {}", settings.group_id, settings.kafka.topic);
 
+    let mut progress = Progress::new();
     loop {
         let batch = collect_batch(&consumer, &decoder, &settings, &status, &mut shutdown).await;
         let stopping = *shutdown.borrow();
@@ -142,6 +143,7 @@ pub async fn run<S: Sink>(
             log::debug!("wrote {} bids ({} already present)", outcome.written, outcome.duplicates);
         }
         store_offsets(&consumer, &settings.kafka.topic, &batch.next_offsets);
+        progress.report(&status);
         if stopping {
             break;
         }
@@ -270,6 +272,45 @@ fn store_offsets(consumer: &GroupConsumer, topic: &str, next_offsets: &HashMap<i
     // Fails for a partition revoked meanwhile; its new owner will redeliver, harmlessly.
     if let Err(e) = consumer.store_offsets(&tpl) {
         log::info!("could not store offsets {next_offsets:?} (partition revoked?): {e}");
+    }
+}
+
+/// An info line every 10 s while bids flow, so operators see progress without debug logs.
+struct Progress {
+    since: Instant,
+    written: u64,
+    duplicates: u64,
+    poison: u64,
+}
+
+impl Progress {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn new() -> Self {
+        Self { since: Instant::now(), written: 0, duplicates: 0, poison: 0 }
+    }
+
+    fn report(&mut self, status: &ConsumerStatus) {
+        if self.since.elapsed() < Self::EVERY {
+            return;
+        }
+        let now = (
+            status.written.load(Ordering::Relaxed),
+            status.duplicates.load(Ordering::Relaxed),
+            status.poison.load(Ordering::Relaxed),
+        );
+        if now != (self.written, self.duplicates, self.poison) {
+            log::info!(
+                "last {:.0} s: {} bids written, {} already present, {} poison passed over; partitions {:?}",
+                self.since.elapsed().as_secs_f64(),
+                now.0 - self.written,
+                now.1 - self.duplicates,
+                now.2 - self.poison,
+                status.assigned_partitions()
+            );
+        }
+        (self.written, self.duplicates, self.poison) = now;
+        self.since = Instant::now();
     }
 }
 

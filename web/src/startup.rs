@@ -147,3 +147,20 @@ fn prepare_in_background(state: web::Data<AppState>, kafka_config: KafkaConfig) 
 }
 
 pub(crate) type SharedState = web::Data<AppState>;
+
+#[cfg(test)]
+mod tests {
+    use super::WebConfig;
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn every_setting_has_a_flag_and_the_defaults_point_at_the_local_stack() {
+        WebConfig::command().debug_assert();
+        let config = WebConfig::try_parse_from(["auction-web"]).unwrap();
+        assert_eq!(config.bind_addr, "127.0.0.1:8080");
+        assert_eq!(config.registry.url, "http://127.0.0.1:8081/apis/ccompat/v7");
+        assert_eq!(config.database.url, "mysql://auction:auction@127.0.0.1:3306/auction");
+        let config = WebConfig::try_parse_from(["auction-web", "--schema-registry-url", "http://r", "--database-url", "mysql://d"]).unwrap();
+        assert_eq!((config.registry.url.as_str(), config.database.url.as_str()), ("http://r", "mysql://d"));
+    }
+}
