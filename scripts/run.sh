@@ -97,7 +97,7 @@ case ${1:-} in
 
   Ctrl-C stops everything.
 MSG
-    tail -q -n 0 -F "$LOGS/web.log" "$LOGS/db-writer-1.log" "$LOGS/db-writer-2.log" "$LOGS/file-backup.log" &
+    tail -n 0 -F "$LOGS/web.log" "$LOGS/db-writer-1.log" "$LOGS/db-writer-2.log" "$LOGS/file-backup.log" &
     wait
     ;;
   *) echo "usage: $0 [--background|--stop]" >&2; exit 2 ;;

@@ -205,3 +205,38 @@ async fn bids_round_trip_through_the_real_registry() {
     assert_eq!(u32::from_be_bytes(bytes[1..5].try_into().unwrap()), id, "the registered schema's id");
     stack.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_db_writer_that_cannot_reach_mysql_stores_no_offset_so_a_healthy_one_writes_every_bid() {
+    let stack = TestStack::new().await;
+    let encoder = BidEncoder::new(&stack.registry, &stack.kafka.topic).unwrap();
+    let mut payloads = Vec::new();
+    for i in 0..12 {
+        let b = bid(&format!("held {i}"), "3.00");
+        payloads.push((b.bid_id.to_string(), encoder.encode(&b).await.unwrap()));
+    }
+    produce(&stack, &payloads).await;
+
+    let broken = auction_common::config::DatabaseConfig { url: "mysql://auction:auction@127.0.0.1:1/none".into(), max_connections: 1 };
+    let sink = auction_consumers::db_writer::MySqlSink::new(&broken).unwrap();
+    let failing = crate::helpers::RunningConsumer::spawn(stack.consumer_settings("writers"), sink);
+    eventually(Duration::from_secs(30), "the broken writer to take partitions", || async {
+        (!failing.status.assigned_partitions().is_empty()).then_some(())
+    })
+    .await;
+    // Long enough for several retries, and for an offset commit if one were (wrongly) stored.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(failing.status.written.load(std::sync::atomic::Ordering::Relaxed), 0);
+    failing.stop().await;
+    assert!(stack.bid_rows().await.is_empty());
+
+    let healthy = stack.spawn_db_writer("writers");
+    let rows = eventually(Duration::from_secs(30), "every held bid in MySQL", || async {
+        let rows = stack.bid_rows().await;
+        (rows.len() >= 12).then_some(rows)
+    })
+    .await;
+    assert_eq!(rows.len(), 12);
+    healthy.stop().await;
+    stack.cleanup().await;
+}

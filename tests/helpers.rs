@@ -159,7 +159,7 @@ pub struct RunningConsumer {
 }
 
 impl RunningConsumer {
-    fn spawn<S: pipeline::Sink + Send + 'static>(settings: ConsumerSettings, sink: S) -> Self {
+    pub fn spawn<S: pipeline::Sink + Send + 'static>(settings: ConsumerSettings, sink: S) -> Self {
         let status = Arc::new(ConsumerStatus::default());
         let (stop, shutdown) = watch::channel(false);
         let task = tokio::spawn(pipeline::run(settings, sink, status.clone(), shutdown));

@@ -56,3 +56,21 @@ async fn a_form_with_a_bad_price_is_refused_with_its_reason_and_values_kept() {
     assert_eq!(stack.messages_in_topic(), 0);
     stack.cleanup().await;
 }
+
+#[tokio::test]
+async fn with_mysql_out_of_reach_the_homepage_and_bids_answer_503_with_a_reason() {
+    let stack = TestStack::new().await;
+    let mut config = stack.web_config();
+    config.database.url = "mysql://auction:auction@127.0.0.1:1/auction".into();
+    let app = crate::helpers::TestApp::spawn(config).await;
+
+    let home = app.get("/").await;
+    assert_eq!(home.status(), 503);
+    assert!(home.text().await.unwrap().contains("the auction database is not reachable"));
+    let response = app.post_bid_json("1", serde_json::json!({"name": "Ada", "price": "10"})).await;
+    assert_eq!(response.status(), 503);
+    let error: serde_json::Value = response.json().await.unwrap();
+    assert!(error["error"].as_str().unwrap().contains("database"), "{error}");
+    assert_eq!(stack.messages_in_topic(), 0, "a bid on an auction that could not be checked is not produced");
+    stack.cleanup().await;
+}
