@@ -56,7 +56,10 @@ pub async fn ensure_topic(config: &KafkaConfig) -> Result<(), KafkaError> {
         match result {
             Ok(_) => log::info!("created topic {} with {} partitions", config.topic, config.topic_partitions),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => return Err(KafkaError::AdminOp(code)).inspect_err(|_| log::error!("creating topic {name} failed: {code}")),
+            Err((name, code)) => {
+                log::error!("creating topic {name} failed: {code}");
+                return Err(KafkaError::AdminOp(code));
+            }
         }
     }
     Ok(())

@@ -29,11 +29,25 @@ pub enum BackupError {
     Read(PathBuf, String),
 }
 
+/// Per topic, per partition, the highest offset in the file. Keyed by topic first so the
+/// per-record check borrows the record's topic instead of allocating a key.
+type Watermarks = HashMap<String, HashMap<i32, i64>>;
+
+fn raise(marks: &mut Watermarks, topic: &str, partition: i32, offset: i64) {
+    if !marks.contains_key(topic) {
+        marks.insert(topic.to_owned(), HashMap::new());
+    }
+    if let Some(partitions) = marks.get_mut(topic) {
+        let mark = partitions.entry(partition).or_insert(offset);
+        *mark = (*mark).max(offset);
+    }
+}
+
 pub struct CsvSink {
     path: PathBuf,
     file: File,
-    /// Highest offset in the file per (topic, partition).
-    written: HashMap<(String, i32), i64>,
+    /// Highest offset in the file, per topic and partition.
+    written: Watermarks,
 }
 
 impl CsvSink {
@@ -50,7 +64,8 @@ impl CsvSink {
         if sink.file.metadata().map_err(open_err)?.len() == 0 {
             sink.append(|w| w.write_record(HEADER)).map_err(|e| BackupError::Read(path.to_owned(), e.to_string()))?;
         }
-        log::info!("appending to {} ({} partitions seen before)", path.display(), sink.written.len());
+        let seen: usize = sink.written.values().map(HashMap::len).sum();
+        log::info!("appending to {} ({seen} partitions seen before)", path.display());
         Ok(sink)
     }
 
@@ -91,7 +106,7 @@ fn cut_torn_line(file: &mut File) -> std::io::Result<()> {
     file.sync_data()
 }
 
-fn read_watermarks(path: &Path, file: &mut File) -> Result<HashMap<(String, i32), i64>, BackupError> {
+fn read_watermarks(path: &Path, file: &mut File) -> Result<Watermarks, BackupError> {
     let read_err = |e: String| BackupError::Read(path.to_owned(), e);
     file.seek(SeekFrom::Start(0)).map_err(|e| read_err(e.to_string()))?;
     let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(&*file);
@@ -111,8 +126,7 @@ fn read_watermarks(path: &Path, file: &mut File) -> Result<HashMap<(String, i32)
         let (Ok(partition), Ok(offset)) = (partition.parse::<i32>(), offset.parse::<i64>()) else {
             return Err(read_err(format!("row {:?} has a bad partition or offset", row.position())));
         };
-        let mark = marks.entry((topic.to_owned(), partition)).or_insert(offset);
-        *mark = (*mark).max(offset);
+        raise(&mut marks, topic, partition, offset);
     }
     Ok(marks)
 }
@@ -121,7 +135,7 @@ impl Sink for CsvSink {
     async fn write(&mut self, records: &[Record]) -> Result<WriteOutcome, SinkError> {
         let fresh: Vec<&Record> = records
             .iter()
-            .filter(|r| self.written.get(&(r.topic.clone(), r.partition)).is_none_or(|&mark| r.offset > mark))
+            .filter(|r| self.written.get(r.topic.as_str()).and_then(|p| p.get(&r.partition)).is_none_or(|&mark| r.offset > mark))
             .collect();
         let outcome = WriteOutcome { written: fresh.len() as u64, duplicates: (records.len() - fresh.len()) as u64 };
         if fresh.is_empty() {
@@ -145,8 +159,7 @@ impl Sink for CsvSink {
         })
         .map_err(|e| SinkError(format!("{}: {e}", self.path.display())))?;
         for r in fresh {
-            let mark = self.written.entry((r.topic.clone(), r.partition)).or_insert(r.offset);
-            *mark = (*mark).max(r.offset);
+            raise(&mut self.written, &r.topic, r.partition, r.offset);
         }
         Ok(outcome)
     }
