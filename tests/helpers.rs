@@ -11,7 +11,11 @@ use auction_consumers::pipeline::{self, ConsumerSettings, ConsumerStatus};
 use auction_web::{Application, WebConfig};
 use mysql_async::prelude::Queryable;
 use mysql_async::Pool;
+use auction_common::{AuctionId, Bid, BidderName, Price};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -88,9 +92,14 @@ impl TestStack {
         RunningConsumer::spawn(self.consumer_settings(group), sink)
     }
 
+    /// A file-backup on `csv`; the file is opened (and checked against the topic) in the task.
     pub fn spawn_file_backup(&self, group: &str, csv: &PathBuf) -> RunningConsumer {
-        let sink = CsvSink::open(csv).expect("file-backup sink");
-        RunningConsumer::spawn(self.consumer_settings(group), sink)
+        let settings = self.consumer_settings(group);
+        let (csv, kafka) = (csv.clone(), self.kafka.clone());
+        RunningConsumer::spawn_with(move |status, shutdown| async move {
+            let sink = CsvSink::open(&csv, &kafka).await?;
+            pipeline::run(settings, sink, status, shutdown).await
+        })
     }
 
     pub fn csv_path(&self) -> PathBuf {
@@ -160,11 +169,21 @@ pub struct RunningConsumer {
 
 impl RunningConsumer {
     pub fn spawn<S: pipeline::Sink + Send + 'static>(settings: ConsumerSettings, sink: S) -> Self {
+        Self::spawn_with(move |status, shutdown| pipeline::run(settings, sink, status, shutdown))
+    }
+
+    /// Runs `consume` (which builds its sink, then runs the pipeline) as a task.
+    pub fn spawn_with<F, Fut>(consume: F) -> Self
+    where
+        F: FnOnce(Arc<ConsumerStatus>, watch::Receiver<bool>) -> Fut,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
         let status = Arc::new(ConsumerStatus::default());
         let (stop, shutdown) = watch::channel(false);
-        let task = tokio::spawn(pipeline::run(settings, sink, status.clone(), shutdown));
+        let task = tokio::spawn(consume(status.clone(), shutdown));
         Self { status, stop, task }
     }
+
 
     /// Asks it to stop as SIGTERM would, and waits until it has.
     pub async fn stop(self) {
@@ -188,3 +207,66 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+pub fn bid(name: &str, price: &str) -> Bid {
+    Bid::accept(AuctionId::new(1).expect("auction 1"), BidderName::parse(name).expect("a valid name"), Price::parse(price).expect("a valid price"))
+}
+
+/// The rows of a CSV backup (an absent file has none).
+pub fn csv_rows(path: &std::path::Path) -> Vec<csv::StringRecord> {
+    let Ok(file) = std::fs::File::open(path) else { return Vec::new() };
+    csv::Reader::from_reader(file).records().map(|r| r.expect("a well-formed CSV row")).collect()
+}
+
+/// Produces (key, payload) pairs to the test's topic, in order, each acked.
+pub async fn produce(stack: &TestStack, payloads: &[(String, Vec<u8>)]) {
+    produce_to(stack, None, payloads).await
+}
+
+/// The same, all to one partition when given (so their order is the order consumed).
+pub async fn produce_to(stack: &TestStack, partition: Option<i32>, payloads: &[(String, Vec<u8>)]) {
+    let producer: FutureProducer = kafka::bid_producer(&stack.kafka, Duration::from_secs(10)).expect("producer");
+    for (key, payload) in payloads {
+        let mut record = FutureRecord::to(&stack.kafka.topic).key(key).payload(payload);
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        producer.send(record, Duration::from_secs(5)).await.map_err(|(e, _)| e).expect("broker acks");
+    }
+}
+
+/// A message of the dead-letter topic, as a user of `kafka-console-consumer` would see it.
+#[derive(Debug)]
+pub struct DeadLetterSeen {
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl DeadLetterSeen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Everything in `<topic>.dlq`, in order (it has one partition).
+pub async fn dead_letters(stack: &TestStack) -> Vec<DeadLetterSeen> {
+    let topic = format!("{}.dlq", stack.kafka.topic);
+    let consumer: BaseConsumer = kafka::client_config(&stack.kafka).set("group.id", "test-dlq-reader").create().expect("consumer");
+    let Ok((low, high)) = consumer.fetch_watermarks(&topic, 0, Duration::from_secs(5)) else { return Vec::new() };
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Offset(low)).expect("tpl");
+    consumer.assign(&tpl).expect("assign");
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    while (seen.len() as i64) < high - low && start.elapsed() < Duration::from_secs(20) {
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) else { continue };
+        let headers = m
+            .headers()
+            .map(|h| h.iter().map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+            .unwrap_or_default();
+        seen.push(DeadLetterSeen { key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()), payload: m.payload().unwrap_or_default().to_vec(), headers });
+    }
+    seen
+}
+

@@ -4,5 +4,6 @@
 
 mod api;
 mod consumers;
+mod delivery;
 mod helpers;
 mod pages;

@@ -21,7 +21,8 @@ pub fn pool(config: &DatabaseConfig) -> Result<Pool, mysql_async::Error> {
         .conn_ttl(Some(Duration::from_secs(300)))
         .stmt_cache_size(64)
         // Sessions speak UTC, so DATETIME values read and written here are UTC whatever the server's zone.
-        .init(vec!["SET time_zone = '+00:00'"]);
+        // Strict: a value a column cannot hold is an error, never a silent truncation.
+        .init(vec!["SET time_zone = '+00:00'", "SET sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION,ERROR_FOR_DIVISION_BY_ZERO'"]);
     Ok(Pool::new(builder))
 }
 

@@ -8,5 +8,6 @@ pub mod db;
 pub mod domain;
 pub mod kafka;
 pub mod registry;
+pub mod retry;
 
 pub use domain::{AuctionId, Bid, BidId, BidderName, Price, ValidationError};

@@ -84,7 +84,7 @@ pub async fn run(command: Command, shutdown: watch::Receiver<bool>) -> anyhow::R
             pipeline::run(consume.settings(&group), sink, status, shutdown).await
         }
         Command::FileBackup { group, backup_csv, consume } => {
-            let sink = CsvSink::open(&backup_csv)?;
+            let sink = CsvSink::open(&backup_csv, &consume.kafka).await?;
             pipeline::run(consume.settings(&group), sink, status, shutdown).await
         }
         Command::Migrate { url } => {

@@ -1,16 +1,27 @@
-//! `db-writer`: stores bids in MySQL table `bid`. Each batch is one multi-row INSERT, atomic on
-//! its own; a bid already present (same `bid_id`, unique key) is left as it is, so redelivery
-//! writes nothing twice. Run two or more replicas in one group to share the partitions.
+//! `db-writer`: stores bids in MySQL table `bid`. Run two or more replicas in one group to
+//! share the partitions.
 //!
-//! `INSERT IGNORE` rather than `ON DUPLICATE KEY UPDATE`, so the programs' MySQL user needs no
-//! UPDATE right. IGNORE would also turn a too-long value into a warning, but every value here
-//! passed the domain types, which match the column sizes; any warning other than a duplicate
-//! key is logged as an error all the same.
+//! Each batch is one transaction: the bids of the batch already stored are looked up by
+//! `bid_id` (unique key), the others are inserted with one multi-row INSERT, and the whole is
+//! committed before the pipeline stores the offsets. A redelivered bid is therefore found and
+//! not written again, and the transaction knows exactly which rows it added. Two writers racing
+//! on the same bid (a rebalance hand-over) make the second fail on the unique key; its batch is
+//! retried and then finds the bid stored.
+//!
+//! A plain INSERT in strict mode, not `INSERT IGNORE`: IGNORE would turn a value the column
+//! cannot hold into a silent truncation. The programs' user needs only SELECT and INSERT.
+//!
+//! Errors are classified ([`classify`]): those that pass by themselves are retried; those only
+//! an operator can fix (privilege, unknown column, missing table) hold the batch; a bid the
+//! table refuses for what it is (data too long) is found by writing the batch one bid at a
+//! time, and goes to the dead-letter topic while the others are written.
 
-use auction_common::db;
+use std::collections::HashSet;
+
 use auction_common::config::DatabaseConfig;
+use auction_common::db;
 use mysql_async::prelude::Queryable;
-use mysql_async::{Pool, Value};
+use mysql_async::{Pool, TxOpts, Value};
 
 use crate::pipeline::{Record, Sink, SinkError, WriteOutcome};
 
@@ -24,39 +35,131 @@ impl MySqlSink {
     }
 }
 
-/// ER_DUP_ENTRY: the bid is already stored.
-const DUPLICATE_KEY: u32 = 1062;
+/// What a MySQL error means for the bids being written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Connection lost, server restarting, deadlock, lock wait, duplicate key from a racing writer.
+    Retriable,
+    /// Privilege, unknown column or table, and anything not known to pass or to be about one row.
+    Permanent,
+    /// This bid cannot be stored as it is (data too long, out of range, incorrect value).
+    Row,
+}
 
-fn insert_sql(rows: usize) -> String {
-    let mut sql = String::from("INSERT IGNORE INTO bid (bid_id, auction_id, name, price, bid_ts) VALUES ");
-    for i in 0..rows {
-        sql.push_str(if i == 0 { "(?,?,?,?,?)" } else { ",(?,?,?,?,?)" });
+/// Server error codes (https://mariadb.com/kb/en/mariadb-error-code-reference/).
+pub fn classify(e: &mysql_async::Error) -> ErrorClass {
+    match e {
+        mysql_async::Error::Server(s) => match s.code {
+            // ER_DUP_ENTRY: another writer stored the bid since we looked; look again.
+            1062 => ErrorClass::Retriable,
+            // lock wait timeout, deadlock, too many connections, server shutdown, connection
+            // killed, query interrupted, read-only (a failover in progress), out of memory.
+            1205 | 1213 | 1040 | 1053 | 1927 | 1317 | 1290 | 1836 | 1037 | 1041 | 1203 => ErrorClass::Retriable,
+            // data too long, out of range, incorrect value, null in a NOT NULL column, check constraint.
+            1406 | 1264 | 1366 | 1292 | 1048 | 3819 | 4025 | 1265 => ErrorClass::Row,
+            _ => ErrorClass::Permanent,
+        },
+        mysql_async::Error::Io(_) | mysql_async::Error::Driver(_) => ErrorClass::Retriable,
+        mysql_async::Error::Other(_) | mysql_async::Error::Url(_) => ErrorClass::Permanent,
     }
-    sql
+}
+
+fn sink_error(e: mysql_async::Error) -> SinkError {
+    let class = classify(&e);
+    let text = format!("MySQL ({class:?}): {e}");
+    match class {
+        ErrorClass::Retriable => SinkError::Retriable(text),
+        ErrorClass::Permanent | ErrorClass::Row => SinkError::Permanent(text),
+    }
+}
+
+fn placeholders(rows: usize, one: &str) -> String {
+    let mut s = String::with_capacity(rows * (one.len() + 1));
+    for i in 0..rows {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(one);
+    }
+    s
+}
+
+/// Writes the records in one transaction; returns (written, duplicates).
+async fn write_transaction(pool: &Pool, records: &[&Record]) -> Result<(u64, u64), mysql_async::Error> {
+    let mut conn = pool.get_conn().await?;
+    let mut tx = conn.start_transaction(TxOpts::default()).await?;
+    let ids: Vec<Value> = records.iter().map(|r| r.bid.bid_id.to_string().into()).collect();
+    let stored: Vec<String> =
+        tx.exec(format!("SELECT bid_id FROM bid WHERE bid_id IN ({})", placeholders(ids.len(), "?")), ids).await?;
+    let mut seen: HashSet<String> = stored.into_iter().collect();
+    let mut params: Vec<Value> = Vec::with_capacity(records.len() * 5);
+    let mut fresh = 0usize;
+    for r in records {
+        let b = &r.bid;
+        // A bid may come twice in one batch (a producer retry); the first copy counts.
+        if !seen.insert(b.bid_id.to_string()) {
+            continue;
+        }
+        params.push(b.bid_id.to_string().into());
+        params.push(b.auction_id.get().into());
+        params.push(b.name.as_str().into());
+        params.push(b.price.get().into());
+        params.push(b.bid_ts.naive_utc().into());
+        fresh += 1;
+    }
+    if fresh > 0 {
+        let sql = format!(
+            "INSERT INTO bid (bid_id, auction_id, name, price, bid_ts) VALUES {}",
+            placeholders(fresh, "(?,?,?,?,?)")
+        );
+        tx.exec_drop(sql, params).await?;
+    }
+    tx.commit().await?;
+    Ok((fresh as u64, (records.len() - fresh) as u64))
 }
 
 impl Sink for MySqlSink {
     async fn write(&mut self, records: &[Record]) -> Result<WriteOutcome, SinkError> {
-        let mut params: Vec<Value> = Vec::with_capacity(records.len() * 5);
-        for r in records {
-            let b = &r.bid;
-            params.push(b.bid_id.to_string().into());
-            params.push(b.auction_id.get().into());
-            params.push(b.name.as_str().into());
-            params.push(b.price.get().into());
-            params.push(b.bid_ts.naive_utc().into());
+        let all: Vec<&Record> = records.iter().collect();
+        match write_transaction(&self.pool, &all).await {
+            Ok((written, duplicates)) => return Ok(WriteOutcome { written, duplicates, rejected: Vec::new() }),
+            Err(e) if classify(&e) != ErrorClass::Row => return Err(sink_error(e)),
+            Err(e) => log::warn!("a bid of the batch was refused ({e}); writing the batch one bid at a time to find it"),
         }
-        let fail = |e: mysql_async::Error| SinkError(format!("MySQL: {e}"));
-        let mut conn = self.pool.get_conn().await.map_err(fail)?;
-        conn.exec_drop(insert_sql(records.len()), params).await.map_err(fail)?;
-        let written = conn.affected_rows();
-        let duplicates = records.len() as u64 - written.min(records.len() as u64);
-        if u64::from(conn.get_warnings()) > duplicates {
-            let warnings: Vec<(String, u32, String)> = conn.query("SHOW WARNINGS").await.map_err(fail)?;
-            for (level, code, message) in warnings.iter().filter(|w| w.1 != DUPLICATE_KEY) {
-                log::error!("MySQL {level} {code} while writing bids: {message}");
+        // One bid at a time: those refused for what they are go aside, the rest are written.
+        let mut outcome = WriteOutcome::default();
+        for (index, record) in records.iter().enumerate() {
+            match write_transaction(&self.pool, &[record]).await {
+                Ok((written, duplicates)) => {
+                    outcome.written += written;
+                    outcome.duplicates += duplicates;
+                }
+                Err(e) if classify(&e) == ErrorClass::Row => outcome.rejected.push((index, format!("MySQL refused the bid: {e}"))),
+                Err(e) => return Err(sink_error(e)),
             }
         }
-        Ok(WriteOutcome { written, duplicates })
+        Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(code: u16) -> mysql_async::Error {
+        mysql_async::Error::Server(mysql_async::ServerError { code, message: "m".into(), state: "HY000".into() })
+    }
+
+    #[test]
+    fn errors_are_classified_by_what_fixes_them() {
+        assert_eq!(classify(&server(1213)), ErrorClass::Retriable, "deadlock");
+        assert_eq!(classify(&server(1205)), ErrorClass::Retriable, "lock wait");
+        assert_eq!(classify(&server(1062)), ErrorClass::Retriable, "a racing writer stored it");
+        assert_eq!(classify(&server(1142)), ErrorClass::Permanent, "INSERT denied");
+        assert_eq!(classify(&server(1054)), ErrorClass::Permanent, "unknown column");
+        assert_eq!(classify(&server(1146)), ErrorClass::Permanent, "no such table");
+        assert_eq!(classify(&server(1406)), ErrorClass::Row, "data too long");
+        let io = mysql_async::Error::Io(mysql_async::IoError::Io(std::io::Error::other("reset")));
+        assert_eq!(classify(&io), ErrorClass::Retriable);
     }
 }

@@ -4,5 +4,6 @@
 
 pub mod cli;
 pub mod db_writer;
+pub mod dlq;
 pub mod file_backup;
 pub mod pipeline;

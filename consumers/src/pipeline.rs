@@ -1,52 +1,136 @@
 //! The consume loop shared by every sink.
 //!
 //! Guarantee: a bid's offset is stored only after the sink reported the bid durable (MySQL
-//! commit, CSV fsync), and librdkafka commits only stored offsets (every second, on partition
-//! revoke and on close). A crash therefore redelivers bids, never skips them; each sink makes a
-//! redelivered bid a no-op (MySQL: unique `bid_id`; CSV: per-partition offset watermark).
+//! commit, CSV fsync) or after the message was acked by the dead-letter topic, and librdkafka
+//! commits only stored offsets (every second, synchronously when partitions are revoked, and
+//! on close). A crash therefore redelivers bids, never skips them; each sink makes a
+//! redelivered bid a no-op (MySQL: unique `bid_id`; CSV: its own per-partition position and a
+//! window of recent `bid_id`s).
 //!
-//! Messages are taken in batches that close on size or on time. A sink failure is retried with
-//! capped, jittered backoff and the batch is held (nothing is skipped). A message that is not a
-//! valid bid (poison) is logged with its topic/partition/offset, counted, and passed over.
+//! Messages are taken in batches that close on size or on time. What happens to a message
+//! depends on why it cannot be written, never on a guess:
+//! - the schema registry cannot be reached or used (any status, transport error or timeout):
+//!   the message is held and retried with capped, jittered backoff; the batch before it is
+//!   written, nothing after it is taken, and [`ConsumerStatus::stalled`] says why;
+//! - the message is malformed in itself (no wire-format header, Avro that does not decode with
+//!   the schema it names, a record that breaks a bid rule): it goes to `<topic>.dlq` with
+//!   headers naming the error and where it came from, and the loop moves on;
+//! - the sink fails in a way that may pass (connection lost, deadlock, lock wait): the batch is
+//!   held and retried;
+//! - the sink fails in a way only an operator can fix (privilege, unknown column, missing
+//!   table): the batch is held, retried slowly, logged at error with the first bid, and the
+//!   status says so;
+//! - the sink refuses one bid for what it is (data too long): that bid goes to the dead-letter
+//!   topic and the rest of the batch is written.
+//!
+//! Partitions revoked by a rebalance take their unwritten bids with them: those are dropped
+//! from the batch in hand (their offsets were never stored, so the next owner reads them
+//! again), and what was stored is committed before the partitions are handed over. A batch is
+//! therefore never written by both the old and the new owner.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use auction_common::config::{KafkaConfig, RegistryConfig};
-use auction_common::registry::BidDecoder;
+use auction_common::registry::{BidDecoder, CodecError};
+use auction_common::retry::Backoff;
 use auction_common::{kafka, Bid};
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
-/// A decoded bid and where it came from.
+use crate::dlq::{self, DeadLetter, DeadLetterClass};
+
+/// A decoded bid, where it came from, and the bytes it came as (for the dead-letter topic).
 #[derive(Debug, Clone)]
 pub struct Record {
     pub bid: Bid,
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
 }
 
+/// Why a write failed, which decides what the loop does next.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SinkError(pub String);
+pub enum SinkError {
+    /// May pass by itself (connection lost, deadlock, lock wait, disk full): retry the batch.
+    #[error("{0}")]
+    Retriable(String),
+    /// Every bid would fail the same way until an operator acts (privilege, unknown column,
+    /// missing table): hold the batch, retry slowly, report not ready.
+    #[error("{0}")]
+    Permanent(String),
+    /// This process cannot go on writing (e.g. the CSV was written from another incarnation
+    /// of the topic): stop with this message; the offsets of the batch are not stored.
+    #[error("{0}")]
+    Fatal(String),
+}
 
-/// Where bids go. `write` returns only once the records are durable; it may be called again
-/// with records it already wrote (redelivery) and must then not write them twice.
+impl SinkError {
+    pub fn class(&self) -> &'static str {
+        match self {
+            SinkError::Retriable(_) => "retriable",
+            SinkError::Permanent(_) => "permanent",
+            SinkError::Fatal(_) => "fatal",
+        }
+    }
+}
+
+/// Where bids go. `write` returns only once the records it reports written are durable; it may
+/// be called again with records it already wrote (redelivery) and must then not write them twice.
 pub trait Sink {
     fn write(&mut self, records: &[Record]) -> impl std::future::Future<Output = Result<WriteOutcome, SinkError>> + Send;
+
+    /// The positions the sink keeps itself, if it does (the CSV file knows what it holds): each
+    /// partition assigned to this process is read from the one after its highest offset there.
+    /// `None`: from the group's committed offsets.
+    fn positions(&self) -> Option<Positions> {
+        None
+    }
 }
 
-/// How many records a write stored, and how many it recognised as already stored.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// How many records a write stored, how many it recognised as already stored, and which it
+/// refused for what they are (by index into the records; they go to the dead-letter topic).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct WriteOutcome {
     pub written: u64,
     pub duplicates: u64,
+    pub rejected: Vec<(usize, String)>,
+}
+
+/// Per topic and partition, the highest offset a sink holds. Shared between the sink, which
+/// raises it after each durable write, and the rebalance callback, which seeks past it.
+#[derive(Debug, Clone, Default)]
+pub struct Positions(Arc<Mutex<HashMap<String, HashMap<i32, i64>>>>);
+
+impl Positions {
+    pub fn highest(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.0.lock().ok()?.get(topic)?.get(&partition).copied()
+    }
+
+    pub fn raise(&self, topic: &str, partition: i32, offset: i64) {
+        let Ok(mut marks) = self.0.lock() else { return };
+        if !marks.contains_key(topic) {
+            marks.insert(topic.to_owned(), HashMap::new());
+        }
+        if let Some(partitions) = marks.get_mut(topic) {
+            let mark = partitions.entry(partition).or_insert(offset);
+            *mark = (*mark).max(offset);
+        }
+    }
+
+    pub fn partitions_known(&self) -> usize {
+        self.0.lock().map(|m| m.values().map(HashMap::len).sum()).unwrap_or(0)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -58,48 +142,130 @@ pub struct ConsumerSettings {
     pub batch_max_wait: Duration,
 }
 
-/// What a running consumer reports: its partitions and counts. Shared with whoever started it.
+/// What a running consumer reports: its partitions, counts, and why it is stalled if it is.
+/// Shared with whoever started it.
 #[derive(Debug, Default)]
 pub struct ConsumerStatus {
     assigned: Mutex<Vec<i32>>,
+    stalled: Mutex<Option<String>>,
     pub written: AtomicU64,
     pub duplicates: AtomicU64,
-    pub poison: AtomicU64,
+    /// Messages sent to the dead-letter topic (malformed, or refused by the sink).
+    pub dead_letters: AtomicU64,
+    /// Re-publications of dead letters meant for another consumer group, passed over.
+    pub skipped_replays: AtomicU64,
 }
 
 impl ConsumerStatus {
     pub fn assigned_partitions(&self) -> Vec<i32> {
         self.assigned.lock().map(|a| a.clone()).unwrap_or_default()
     }
+
+    /// Why the consumer is holding its batch (registry, sink or dead-letter topic failing), or
+    /// `None` while it makes progress. A stalled consumer is not ready.
+    pub fn stalled(&self) -> Option<String> {
+        self.stalled.lock().ok().and_then(|s| s.clone())
+    }
+
+    fn set_stalled(&self, cause: Option<String>) {
+        if let Ok(mut stalled) = self.stalled.lock() {
+            *stalled = cause;
+        }
+    }
 }
 
-/// Keeps [`ConsumerStatus`] in step with the group's assignment.
+/// Keeps [`ConsumerStatus`] in step with the group's assignment, seeks a sink's own positions
+/// on assignment, and on revocation commits what was stored and notes the partitions so the
+/// loop drops their unwritten bids.
 struct GroupContext {
     status: Arc<ConsumerStatus>,
+    positions: Option<Positions>,
+    revoked: Mutex<Vec<i32>>,
+}
+
+impl GroupContext {
+    fn take_revoked(&self) -> Vec<i32> {
+        self.revoked.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default()
+    }
+
+    fn seek_own_positions(&self, tpl: &mut TopicPartitionList) {
+        let Some(positions) = &self.positions else { return };
+        let wanted: Vec<(String, i32, Offset)> = tpl
+            .elements()
+            .iter()
+            .map(|e| {
+                let offset = positions.highest(e.topic(), e.partition()).map_or(Offset::Beginning, |o| Offset::Offset(o + 1));
+                (e.topic().to_owned(), e.partition(), offset)
+            })
+            .collect();
+        for (topic, partition, offset) in wanted {
+            log::info!("{topic}/{partition}: reading from {offset:?}, after what the file holds");
+            if let Err(e) = tpl.set_partition_offset(&topic, partition, offset) {
+                log::error!("{topic}/{partition}: cannot set the start offset {offset:?}: {e}");
+            }
+        }
+    }
 }
 
 impl ClientContext for GroupContext {}
 
 impl ConsumerContext for GroupContext {
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.seek_own_positions(tpl);
+                if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let revoked: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                log::info!("partitions {revoked:?} revoked; dropping their unwritten bids, committing what was written");
+                if let Ok(mut r) = self.revoked.lock() {
+                    r.extend(revoked);
+                }
+                // Every offset stored so far belongs to a durable write: commit it before the
+                // partitions go, so their next owner starts right after it.
+                match consumer.commit_consumer_state(CommitMode::Sync) {
+                    Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                    Err(e) => log::warn!("commit on revoke failed (the next owner may redeliver, harmlessly): {e}"),
+                }
+                if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                }
+            }
+            other => {
+                log::warn!("rebalance failed: {}", RDKafkaErrorCode::from(other));
+                if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                }
+            }
+        };
+        if let Err(e) = result {
+            log::error!("applying the rebalance failed: {e}");
+        }
         let mut partitions: Vec<i32> = consumer
             .assignment()
             .map(|tpl| tpl.elements().iter().map(|e| e.partition()).collect())
             .unwrap_or_default();
         partitions.sort_unstable();
-        match rebalance {
-            Rebalance::Error(e) => log::warn!("rebalance failed: {e}"),
-            _ => log::info!("assigned partitions now {partitions:?}"),
-        }
+        log::info!("assigned partitions now {partitions:?}");
         if let Ok(mut assigned) = self.status.assigned.lock() {
             *assigned = partitions;
         }
     }
 
-    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, offsets: &TopicPartitionList) {
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         match result {
             Ok(()) => log::debug!("committed {offsets:?}"),
-            Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(e) => log::warn!("offset commit failed (will be retried with the next commit): {e}"),
         }
     }
@@ -107,7 +273,8 @@ impl ConsumerContext for GroupContext {
 
 type GroupConsumer = StreamConsumer<GroupContext>;
 
-/// Consumes until `shutdown` turns true, then writes what it holds, commits and returns.
+/// Consumes until `shutdown` turns true, then writes what it holds, commits and leaves the
+/// group. Returns an error only when the sink says it cannot go on ([`SinkError::Fatal`]).
 pub async fn run<S: Sink>(
     settings: ConsumerSettings,
     mut sink: S,
@@ -115,52 +282,235 @@ pub async fn run<S: Sink>(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let decoder = BidDecoder::new(&settings.registry)?;
+    let context = GroupContext { status: status.clone(), positions: sink.positions(), revoked: Mutex::new(Vec::new()) };
     let consumer: GroupConsumer = kafka::consumer_config(&settings.kafka, &settings.group_id)
-        .create_with_context(GroupContext { status: status.clone() })?;
+        .create_with_context(context)
+        .context("Failed to create the Kafka consumer")?;
+    let dead_letters = DeadLetterQueue {
+        producer: kafka::bid_producer(&settings.kafka, Duration::from_secs(30)).context("Failed to create the dead-letter producer")?,
+        topic: dlq::dlq_topic(&settings.kafka.topic),
+        group: settings.group_id.clone(),
+    };
 
-    // The topic may not exist yet on a fresh stack; wait for it rather than die.
+    // The topics may not exist yet on a fresh stack; wait for them rather than die.
     let mut backoff = Backoff::new();
-    while let Err(e) = kafka::ensure_topic(&settings.kafka).await {
-        log::warn!("topic {} not available yet: {e}", settings.kafka.topic);
-        if backoff.wait(&mut shutdown).await.is_err() {
-            return Ok(());
+    loop {
+        let ready = match kafka::ensure_topic(&settings.kafka).await {
+            Ok(()) => dlq::ensure_dlq_topic(&settings.kafka).await,
+            Err(e) => Err(e),
+        };
+        match ready {
+            Ok(()) => break,
+            Err(e) => {
+                log::warn!("topic {} or its dead-letter topic not available yet: {e}", settings.kafka.topic);
+                status.set_stalled(Some(format!("Kafka topic not available: {e}")));
+                if backoff.wait(&mut shutdown).await.is_err() {
+                    return Ok(());
+                }
+            }
         }
     }
+    status.set_stalled(None);
     consumer.subscribe(&[&settings.kafka.topic])?;
     log::info!("group {} consuming {}", settings.group_id, settings.kafka.topic);
 
     let mut progress = Progress::new();
-    loop {
-        let batch = collect_batch(&consumer, &decoder, &settings, &status, &mut shutdown).await;
+    let mut held: Option<OwnedMessage> = None;
+    let result = loop {
+        let mut batch = collect_batch(&consumer, &decoder, &settings, &status, &mut shutdown, &mut held).await;
         let stopping = *shutdown.borrow();
         if !batch.records.is_empty() {
-            let Some(outcome) = write_with_retry(&mut sink, &batch.records, &mut shutdown).await else {
-                log::info!("stopping with {} bids unwritten; they will be redelivered", batch.records.len());
-                break;
-            };
-            status.written.fetch_add(outcome.written, Ordering::Relaxed);
-            status.duplicates.fetch_add(outcome.duplicates, Ordering::Relaxed);
-            log::debug!("wrote {} bids ({} already present)", outcome.written, outcome.duplicates);
+            match write_with_retry(&mut sink, &batch.records, &status, &mut shutdown).await {
+                Ok(Some(outcome)) => {
+                    status.written.fetch_add(outcome.written, Ordering::Relaxed);
+                    status.duplicates.fetch_add(outcome.duplicates, Ordering::Relaxed);
+                    progress.batch(batch.records.len(), &batch.next_offsets);
+                    for (index, reason) in outcome.rejected {
+                        if let Some(r) = batch.records.get(index) {
+                            batch.letters.push(Letter::rejected(r, reason, &settings.group_id));
+                        }
+                    }
+                }
+                Ok(None) => {
+                    log::info!("stopping with {} bids unwritten; they will be redelivered", batch.records.len());
+                    break Ok(());
+                }
+                Err(e) => break Err(e),
+            }
+        }
+        if dead_letters.deliver(&batch.letters, &status, &mut shutdown).await.is_err() {
+            log::info!("stopping with dead letters unsent; their messages will be redelivered");
+            break Ok(());
         }
         store_offsets(&consumer, &settings.kafka.topic, &batch.next_offsets);
         progress.report(&status);
         if stopping {
-            break;
+            break Ok(());
         }
+    };
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => log::warn!("final offset commit failed: {e}"),
     }
-    if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
-        if !matches!(e, KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) {
-            log::warn!("final offset commit failed: {e}");
-        }
-    }
+    // Dropping the consumer closes it: it leaves the group, so its partitions move at once.
+    drop(consumer);
+    dead_letters.producer_flush();
     log::info!("group {} stopped", settings.group_id);
-    Ok(())
+    result
 }
 
+/// A message for the dead-letter topic: its original key and payload, and why.
+struct Letter {
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    letter: DeadLetter,
+}
+
+impl Letter {
+    fn poison<M: Message>(m: &M, error: &CodecError, group: &str) -> Self {
+        Self {
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+            letter: DeadLetter {
+                error: error.to_string(),
+                class: DeadLetterClass::Poison,
+                source_topic: m.topic().to_owned(),
+                partition: m.partition(),
+                offset: m.offset(),
+                group: group.to_owned(),
+            },
+        }
+    }
+
+    fn rejected(r: &Record, reason: String, group: &str) -> Self {
+        Self {
+            key: r.key.clone(),
+            payload: Some(r.payload.clone()),
+            letter: DeadLetter {
+                error: reason,
+                class: DeadLetterClass::Rejected,
+                source_topic: r.topic.clone(),
+                partition: r.partition,
+                offset: r.offset,
+                group: group.to_owned(),
+            },
+        }
+    }
+}
+
+struct DeadLetterQueue {
+    producer: FutureProducer,
+    topic: String,
+    group: String,
+}
+
+impl DeadLetterQueue {
+    /// Sends every letter, holding (with backoff) while the dead-letter topic cannot take them:
+    /// a message leaves the partition only once it is somewhere.
+    async fn deliver(&self, letters: &[Letter], status: &ConsumerStatus, shutdown: &mut watch::Receiver<bool>) -> Result<(), ()> {
+        for l in letters {
+            let mut backoff = Backoff::new();
+            loop {
+                match dlq::send(&self.producer, &self.topic, l.key.as_deref(), l.payload.as_deref(), &l.letter).await {
+                    Ok(()) => {
+                        status.dead_letters.fetch_add(1, Ordering::Relaxed);
+                        log::error!(
+                            "{}/{}/{}: {} message sent to {} (group {}): {}",
+                            l.letter.source_topic,
+                            l.letter.partition,
+                            l.letter.offset,
+                            l.letter.class.as_str(),
+                            self.topic,
+                            self.group,
+                            l.letter.error
+                        );
+                        break;
+                    }
+                    Err(e) => {
+                        let cause = format!("cannot send a dead letter to {}: {e}", self.topic);
+                        log::warn!("{cause}; retrying");
+                        status.set_stalled(Some(cause));
+                        if backoff.wait(shutdown).await.is_err() {
+                            return Err(());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn producer_flush(&self) {
+        use rdkafka::producer::Producer;
+        if let Err(e) = self.producer.flush(Duration::from_secs(5)) {
+            log::warn!("dead-letter producer not flushed at shutdown: {e}");
+        }
+    }
+}
+
+#[derive(Default)]
 struct Batch {
     records: Vec<Record>,
-    /// Per partition, the offset after the last message taken (written or passed over).
+    letters: Vec<Letter>,
+    /// Per partition, the offset after the last message taken (written, sent aside, or passed over).
     next_offsets: HashMap<i32, i64>,
+}
+
+impl Batch {
+    /// Forgets everything taken from partitions this process no longer owns.
+    fn drop_partitions(&mut self, revoked: &[i32]) {
+        if revoked.is_empty() {
+            return;
+        }
+        let before = self.records.len() + self.letters.len();
+        self.records.retain(|r| !revoked.contains(&r.partition));
+        self.letters.retain(|l| !revoked.contains(&l.letter.partition));
+        self.next_offsets.retain(|p, _| !revoked.contains(p));
+        let dropped = before - self.records.len() - self.letters.len();
+        if dropped > 0 {
+            log::info!("dropped {dropped} unwritten messages of revoked partitions {revoked:?}; their next owner reads them");
+        }
+    }
+}
+
+/// What to do with one message.
+enum Decoded {
+    Bid(Record),
+    Poison(Letter),
+    /// A dead letter re-published for another group, which already handled the original.
+    OtherGroupsReplay,
+}
+
+/// Decodes a message; `Err` when the registry cannot be used (hold the message).
+async fn decode<M: Message>(m: &M, decoder: &BidDecoder, group: &str) -> Result<Decoded, CodecError> {
+    if let Some(replay_group) = m.headers().and_then(dlq::replayed_for_group) {
+        if replay_group != group {
+            return Ok(Decoded::OtherGroupsReplay);
+        }
+    }
+    match decoder.decode(m.payload()).await {
+        Ok(bid) => Ok(Decoded::Bid(Record {
+            bid,
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        })),
+        Err(e) if e.is_retriable() => Err(e),
+        Err(e) => Ok(Decoded::Poison(Letter::poison(m, &e, group))),
+    }
+}
+
+impl Batch {
+    fn take(&mut self, decoded: Decoded, partition: i32, offset: i64) {
+        match decoded {
+            Decoded::Bid(record) => self.records.push(record),
+            Decoded::Poison(letter) => self.letters.push(letter),
+            Decoded::OtherGroupsReplay => {}
+        }
+        self.next_offsets.insert(partition, offset + 1);
+    }
 }
 
 async fn collect_batch(
@@ -169,8 +519,31 @@ async fn collect_batch(
     settings: &ConsumerSettings,
     status: &ConsumerStatus,
     shutdown: &mut watch::Receiver<bool>,
+    held: &mut Option<OwnedMessage>,
 ) -> Batch {
-    let mut batch = Batch { records: Vec::new(), next_offsets: HashMap::new() };
+    let mut batch = Batch::default();
+    // A message held because the registry failed comes first, before anything after it.
+    if let Some(m) = held.take() {
+        let mut backoff = Backoff::new();
+        loop {
+            match decode(&m, decoder, &settings.group_id).await {
+                Ok(decoded) => {
+                    status.set_stalled(None);
+                    log::info!("{}/{}/{}: the schema registry answers again; going on", m.topic(), m.partition(), m.offset());
+                    count_replay(&decoded, status);
+                    batch.take(decoded, m.partition(), m.offset());
+                    break;
+                }
+                Err(e) => {
+                    hold_message(&m, &e, status);
+                    if backoff.wait(shutdown).await.is_err() {
+                        *held = Some(m);
+                        return batch;
+                    }
+                }
+            }
+        }
+    }
     let mut deadline: Option<Instant> = None;
     while batch.records.len() < settings.batch_max_size && !*shutdown.borrow() {
         let wait = match deadline {
@@ -184,6 +557,8 @@ async fn collect_batch(
             _ = shutdown.changed() => break,
             m = tokio::time::timeout(wait, consumer.recv()) => m,
         };
+        // Revocations are served inside recv(): apply them before taking anything more.
+        batch.drop_partitions(&consumer.context().take_revoked());
         match message {
             Err(_) if deadline.is_some() => break,
             Err(_) => continue,
@@ -193,66 +568,79 @@ async fn collect_batch(
             }
             Ok(Ok(m)) => {
                 deadline.get_or_insert_with(|| Instant::now() + settings.batch_max_wait);
-                match decode(&m, decoder, status, shutdown).await {
-                    Decoded::Bid(record) => batch.records.push(record),
-                    Decoded::Poison => {}
-                    // Its offset must not be stored: it was neither written nor passed over.
-                    Decoded::Interrupted => break,
+                match decode(&m, decoder, &settings.group_id).await {
+                    Ok(decoded) => {
+                        count_replay(&decoded, status);
+                        batch.take(decoded, m.partition(), m.offset());
+                    }
+                    Err(e) => {
+                        // Close the batch here: what came before is written, this message is
+                        // held (its offset is not stored) and retried first in the next batch.
+                        hold_message(&m, &e, status);
+                        *held = Some(m.detach());
+                        break;
+                    }
                 }
-                batch.next_offsets.insert(m.partition(), m.offset() + 1);
             }
         }
     }
+    batch.drop_partitions(&consumer.context().take_revoked());
     batch
 }
 
-enum Decoded {
-    Bid(Record),
-    /// Not a valid bid: counted, logged, and passed over.
-    Poison,
-    /// Shutdown came while the registry was unreachable.
-    Interrupted,
-}
-
-/// Decodes a message, retrying while the registry is unreachable.
-async fn decode(
-    m: &BorrowedMessage<'_>,
-    decoder: &BidDecoder,
-    status: &ConsumerStatus,
-    shutdown: &mut watch::Receiver<bool>,
-) -> Decoded {
-    let mut backoff = Backoff::new();
-    loop {
-        match decoder.decode(m.payload()).await {
-            Ok(bid) => {
-                return Decoded::Bid(Record { bid, topic: m.topic().to_owned(), partition: m.partition(), offset: m.offset() })
-            }
-            Err(e) if e.is_retriable() => {
-                log::warn!("{}/{}/{}: registry unavailable, retrying: {e}", m.topic(), m.partition(), m.offset());
-                if backoff.wait(shutdown).await.is_err() {
-                    return Decoded::Interrupted;
-                }
-            }
-            Err(e) => {
-                status.poison.fetch_add(1, Ordering::Relaxed);
-                log::error!("{}/{}/{}: not a valid bid, passed over: {e}", m.topic(), m.partition(), m.offset());
-                return Decoded::Poison;
-            }
-        }
+fn count_replay(decoded: &Decoded, status: &ConsumerStatus) {
+    if let Decoded::OtherGroupsReplay = decoded {
+        status.skipped_replays.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-/// `None` if shutdown came before the write succeeded.
-async fn write_with_retry<S: Sink>(sink: &mut S, records: &[Record], shutdown: &mut watch::Receiver<bool>) -> Option<WriteOutcome> {
+fn hold_message<M: Message>(m: &M, e: &CodecError, status: &ConsumerStatus) {
+    let cause = format!("{}/{}/{}: held, the schema registry cannot be used: {e}", m.topic(), m.partition(), m.offset());
+    log::warn!("{cause}; retrying");
+    status.set_stalled(Some(cause));
+}
+
+/// `Ok(None)` if shutdown came before the write succeeded; `Err` if the sink cannot go on.
+async fn write_with_retry<S: Sink>(
+    sink: &mut S,
+    records: &[Record],
+    status: &ConsumerStatus,
+    shutdown: &mut watch::Receiver<bool>,
+) -> anyhow::Result<Option<WriteOutcome>> {
     let mut backoff = Backoff::new();
+    let mut slow = false;
     loop {
         match sink.write(records).await {
-            Ok(outcome) => return Some(outcome),
+            Ok(outcome) => {
+                status.set_stalled(None);
+                return Ok(Some(outcome));
+            }
+            Err(SinkError::Fatal(e)) => return Err(anyhow::anyhow!(e)),
             Err(e) => {
-                log::warn!("writing {} bids failed, retrying in {:?}: {e}", records.len(), backoff.delay);
+                let first = &records[0];
+                let cause = format!(
+                    "{} error writing {} bids (first {} at {}/{}/{}): {e}",
+                    e.class(),
+                    records.len(),
+                    first.bid.bid_id,
+                    first.topic,
+                    first.partition,
+                    first.offset
+                );
+                if let SinkError::Permanent(_) = e {
+                    // Only an operator can fix this: say so loudly, and retry slowly.
+                    log::error!("{cause}; holding the batch until it is fixed");
+                    if !slow {
+                        backoff = Backoff::with_cap(Duration::from_secs(30));
+                        slow = true;
+                    }
+                } else {
+                    log::warn!("{cause}; retrying in about {:?}", backoff.delay());
+                }
+                status.set_stalled(Some(cause));
                 // On shutdown, give up; the offsets were not stored, so the bids come again.
                 if backoff.wait(shutdown).await.is_err() {
-                    return None;
+                    return Ok(None);
                 }
             }
         }
@@ -275,19 +663,24 @@ fn store_offsets(consumer: &GroupConsumer, topic: &str, next_offsets: &HashMap<i
     }
 }
 
-/// An info line every 10 s while bids flow, so operators see progress without debug logs.
+/// One line per batch at debug, and a summary at info every 10 s while bids flow, so operators
+/// see progress without a line per bid.
 struct Progress {
     since: Instant,
     written: u64,
     duplicates: u64,
-    poison: u64,
+    dead_letters: u64,
 }
 
 impl Progress {
     const EVERY: Duration = Duration::from_secs(10);
 
     fn new() -> Self {
-        Self { since: Instant::now(), written: 0, duplicates: 0, poison: 0 }
+        Self { since: Instant::now(), written: 0, duplicates: 0, dead_letters: 0 }
+    }
+
+    fn batch(&self, size: usize, next_offsets: &HashMap<i32, i64>) {
+        log::debug!("wrote a batch of {size} bids; next offsets {next_offsets:?}");
     }
 
     fn report(&mut self, status: &ConsumerStatus) {
@@ -297,46 +690,19 @@ impl Progress {
         let now = (
             status.written.load(Ordering::Relaxed),
             status.duplicates.load(Ordering::Relaxed),
-            status.poison.load(Ordering::Relaxed),
+            status.dead_letters.load(Ordering::Relaxed),
         );
-        if now != (self.written, self.duplicates, self.poison) {
+        if now != (self.written, self.duplicates, self.dead_letters) {
             log::info!(
-                "last {:.0} s: {} bids written, {} already present, {} poison passed over; partitions {:?}",
+                "last {:.0} s: {} bids written, {} already present, {} sent to the dead-letter topic; partitions {:?}",
                 self.since.elapsed().as_secs_f64(),
                 now.0 - self.written,
                 now.1 - self.duplicates,
-                now.2 - self.poison,
+                now.2 - self.dead_letters,
                 status.assigned_partitions()
             );
         }
-        (self.written, self.duplicates, self.poison) = now;
+        (self.written, self.duplicates, self.dead_letters) = now;
         self.since = Instant::now();
-    }
-}
-
-/// Capped exponential backoff with jitter, cut short by shutdown.
-struct Backoff {
-    delay: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(100);
-    const CAP: Duration = Duration::from_secs(5);
-
-    fn new() -> Self {
-        Self { delay: Self::FIRST }
-    }
-
-    /// Sleeps; `Err` if shutdown was asked for.
-    async fn wait(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), ()> {
-        if *shutdown.borrow() {
-            return Err(());
-        }
-        let jittered = self.delay.mul_f64(0.5 + fastrand::f64());
-        self.delay = (self.delay * 2).min(Self::CAP);
-        tokio::select! {
-            _ = shutdown.changed() => Err(()),
-            _ = tokio::time::sleep(jittered) => Ok(()),
-        }
     }
 }
