@@ -198,9 +198,10 @@ mariadb_users_sql() {
       echo "REVOKE ALL PRIVILEGES, GRANT OPTION FROM $who;"
       case $user in
         auction)
-          echo "GRANT SELECT, INSERT ON auction.* TO $who;"
+          # UPDATE for the standings the db-writer keeps (auction_standing); nothing is ever deleted.
+          echo "GRANT SELECT, INSERT, UPDATE ON auction.* TO $who;"
           # The same rights on the tests' own databases, so tests run the programs as this user.
-          echo "GRANT SELECT, INSERT ON \`auction\\_test\\_%\`.* TO $who;"
+          echo "GRANT SELECT, INSERT, UPDATE ON \`auction\\_test\\_%\`.* TO $who;"
           ;;
         analyst) echo "GRANT SELECT ON auction.* TO $who;" ;;
         auction_admin)

@@ -14,7 +14,7 @@ use auction_consumers::pipeline;
 use rdkafka::consumer::Consumer;
 use mysql_async::prelude::Queryable;
 
-use crate::helpers::{bid, csv_rows, dead_letters, eventually, produce, produce_to, RunningConsumer, TestStack};
+use crate::helpers::{bid, csv_rows, dead_letters, delete_topics, eventually, produce, produce_to, RunningConsumer, TestStack};
 
 async fn encoded(stack: &TestStack, names: &[&str]) -> Vec<(String, Vec<u8>)> {
     let encoder = BidEncoder::new(&stack.registry, &stack.kafka.topic).unwrap();
@@ -74,7 +74,7 @@ async fn a_csv_written_from_an_earlier_incarnation_of_the_topic_is_moved_aside_a
     first.stop().await;
 
     // The topic is deleted and created again: offsets start at 0 again.
-    kafka::delete_topic(&stack.kafka).await.unwrap();
+    delete_topics(&stack.kafka, &[&stack.kafka.topic]).await.unwrap();
     eventually(Duration::from_secs(60), "the topic to be created again", || async { kafka::ensure_topic(&stack.kafka).await.ok() }).await;
     let fresh = encoded(&stack, &["new 1", "new 2", "new 3", "new 4"]).await;
     eventually(Duration::from_secs(30), "the new topic's partitions to have leaders", || async {

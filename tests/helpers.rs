@@ -12,6 +12,8 @@ use auction_web::{Application, WebConfig};
 use mysql_async::prelude::Queryable;
 use mysql_async::Pool;
 use auction_common::{AuctionId, Bid, BidderName, Price};
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -70,6 +72,7 @@ impl TestStack {
             kafka: self.kafka.clone(),
             registry: self.registry.clone(),
             database: self.database.clone(),
+            limits: Default::default(),
         }
     }
 
@@ -127,7 +130,8 @@ impl TestStack {
 
     /// Drops the test's database and topic; leaves them for inspection if the test failed.
     pub async fn cleanup(self) {
-        let _ = kafka::delete_topic(&self.kafka).await;
+        let dlq = format!("{}.dlq", self.kafka.topic);
+        let _ = delete_topics(&self.kafka, &[&self.kafka.topic, &dlq]).await;
         self.pool.disconnect().await.ok();
         let admin = Pool::new(self.server_url.as_str());
         if let Ok(mut conn) = admin.get_conn().await {
@@ -270,3 +274,15 @@ pub async fn dead_letters(stack: &TestStack) -> Vec<DeadLetterSeen> {
     seen
 }
 
+/// Deletes topics (each test cleans up its own).
+pub async fn delete_topics(kafka: &KafkaConfig, names: &[&str]) -> Result<(), rdkafka::error::KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = kafka::client_config(kafka).create()?;
+    for result in admin.delete_topics(names, &AdminOptions::new()).await? {
+        if let Err((name, code)) = result {
+            if code != rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition {
+                eprintln!("deleting topic {name}: {code}");
+            }
+        }
+    }
+    Ok(())
+}

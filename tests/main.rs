@@ -5,5 +5,8 @@
 mod api;
 mod consumers;
 mod delivery;
+mod dlq_audit;
 mod helpers;
 mod pages;
+mod standing;
+mod web_delivery;

@@ -11,6 +11,7 @@ use crate::config::DatabaseConfig;
 pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     (1, "init", include_str!("../../sql/migrations/0001_init.sql")),
     (2, "analyst_views", include_str!("../../sql/migrations/0002_analyst_views.sql")),
+    (3, "auction_rules_and_standing", include_str!("../../sql/migrations/0003_auction_rules_and_standing.sql")),
 ];
 
 pub fn pool(config: &DatabaseConfig) -> Result<Pool, mysql_async::Error> {

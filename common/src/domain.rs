@@ -200,7 +200,7 @@ pub struct Bid {
     pub bid_ts: DateTime<Utc>,
 }
 
-fn serialize_ts<S: serde::Serializer>(ts: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+pub fn serialize_ts<S: serde::Serializer>(ts: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&format_ts(ts))
 }
 
@@ -210,9 +210,9 @@ impl Bid {
         Self { bid_id: BidId::generate(), auction_id, name, price, bid_ts: now_micros() }
     }
 
-    /// Whether this bid beats `other`: a greater price, or the same price placed earlier.
+    /// Whether this bid leads `other` (the rule: [`crate::auction::ranks_above`]).
     pub fn beats(&self, other: &Bid) -> bool {
-        (self.price, std::cmp::Reverse(self.bid_ts)) > (other.price, std::cmp::Reverse(other.bid_ts))
+        crate::auction::ranks_above((self.price, self.bid_ts, self.bid_id), (other.price, other.bid_ts, other.bid_id))
     }
 }
 

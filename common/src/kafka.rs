@@ -64,10 +64,3 @@ pub async fn ensure_topic(config: &KafkaConfig) -> Result<(), KafkaError> {
     }
     Ok(())
 }
-
-/// Deletes a topic (tests clean up their own).
-pub async fn delete_topic(config: &KafkaConfig) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(config).create()?;
-    admin.delete_topics(&[&config.topic], &AdminOptions::new()).await?;
-    Ok(())
-}

@@ -2,6 +2,8 @@
 //! schema and codec, and one place that builds every Kafka, registry and MySQL client
 //! from configuration.
 
+pub mod auction;
+pub mod auction_db;
 pub mod avro;
 pub mod config;
 pub mod db;

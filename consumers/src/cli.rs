@@ -47,6 +47,13 @@ pub enum Command {
         #[arg(long = "admin-database-url", env = "ADMIN_DATABASE_URL", default_value = "mysql://auction_admin:auction_admin@127.0.0.1:3306/auction", hide_env_values = true)]
         url: String,
     },
+    /// Dead letters in `<topic>.dlq`: list them, or re-publish them to their source topic.
+    Dlq {
+        #[command(subcommand)]
+        command: crate::dlq::DlqCommand,
+    },
+    /// Check that every bid in Kafka is in MySQL and in the CSV exactly once (exit 1 if not).
+    Audit(crate::audit::AuditArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -97,6 +104,8 @@ pub async fn run(command: Command, shutdown: watch::Receiver<bool>) -> anyhow::R
             pool.disconnect().await?;
             Ok(())
         }
+        Command::Dlq { command } => crate::dlq::run_command(command, shutdown).await,
+        Command::Audit(args) => crate::audit::run_command(args, shutdown).await,
     }
 }
 

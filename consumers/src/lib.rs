@@ -2,6 +2,7 @@
 //! `file-backup` (a CSV audit file). Both run the same loop ([`pipeline`]) over a different
 //! [`pipeline::Sink`].
 
+pub mod audit;
 pub mod cli;
 pub mod db_writer;
 pub mod dlq;

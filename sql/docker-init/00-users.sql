@@ -12,7 +12,8 @@ CREATE DATABASE IF NOT EXISTS auction CHARACTER SET utf8mb4 COLLATE utf8mb4_unic
 
 -- The site and the consumers (DATABASE_URL).
 CREATE USER IF NOT EXISTS 'auction'@'%' IDENTIFIED BY 'auction';
-GRANT SELECT, INSERT ON auction.* TO 'auction'@'%';
+-- UPDATE for the standings the db-writer keeps (auction_standing); nothing is ever deleted.
+GRANT SELECT, INSERT, UPDATE ON auction.* TO 'auction'@'%';
 
 -- Analysts: read-only (Power BI, any SQL client; see powerbi/README.md).
 CREATE USER IF NOT EXISTS 'analyst'@'%' IDENTIFIED BY 'analyst';

@@ -1,40 +1,17 @@
-//! The JSON API and the health endpoints.
+//! The JSON API and the health endpoints: adapters over [`crate::bidding`] and the store.
 
 use std::time::Duration;
 
-use actix_web::{web, HttpResponse};
-use auction_common::{AuctionId, Bid, BidderName, Price, ValidationError};
+use actix_web::{web, HttpRequest, HttpResponse};
+use auction_common::{BidId, ValidationError};
 use rdkafka::producer::Producer;
 use serde::Deserialize;
 use serde_json::{json, value::RawValue};
 
+use crate::bidding::{parse_auction_id, BidRequest, BidStatus};
 use crate::error::ApiError;
-use crate::startup::SharedState;
-
-/// Validates a bid, checks its auction exists, and produces it; returns once the broker acked.
-/// The form and the JSON API both come through here.
-pub async fn accept_bid(state: &SharedState, auction: &str, name: &str, price: &str) -> Result<Bid, ApiError> {
-    let auction_id = parse_auction_id(auction)?;
-    let name = BidderName::parse(name)?;
-    let price = Price::parse(price)?;
-    let auction = state.store.auction(auction_id).await.map_err(ApiError::database)?;
-    match auction {
-        None => return Err(ApiError::NotFound(auction_id.to_string())),
-        Some(a) if !a.open => return Err(ApiError::Closed(auction_id.to_string())),
-        Some(_) => {}
-    }
-    let bid = Bid::accept(auction_id, name, price);
-    state.publisher.publish(&bid).await.map_err(ApiError::from_publish)?;
-    Ok(bid)
-}
-
-pub fn parse_auction_id(raw: &str) -> Result<AuctionId, ApiError> {
-    let shown: String = raw.chars().take(30).collect();
-    raw.parse::<u64>()
-        .ok()
-        .and_then(|id| AuctionId::new(id).ok())
-        .ok_or(ApiError::NotFound(format!("{shown:?}")))
-}
+use crate::idempotency::IdempotencyKey;
+use crate::state::SharedState;
 
 /// The JSON body of a bid. `price` is read as raw JSON so a number keeps its exact digits.
 #[derive(Deserialize)]
@@ -69,10 +46,34 @@ fn read_body(body: &[u8]) -> Result<(String, String), ApiError> {
     Ok((name, price))
 }
 
-pub async fn place_bid(state: SharedState, path: web::Path<String>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+/// The `Idempotency-Key` header, if sent (once).
+fn idempotency_key(request: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError> {
+    let mut values = request.headers().get_all(IdempotencyKey::HEADER);
+    let Some(value) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(invalid(IdempotencyKey::HEADER, "must be sent once"));
+    }
+    Ok(Some(IdempotencyKey::parse(value.as_bytes())?))
+}
+
+pub async fn place_bid(state: SharedState, request: HttpRequest, path: web::Path<String>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+    let key = idempotency_key(&request)?;
     let (name, price) = read_body(&body)?;
-    let bid = accept_bid(&state, &path, &name, &price).await?;
+    let bid = BidRequest::parse(&path, &name, &price)?;
+    let bid = state.bidding.place(bid, key).await?;
     Ok(HttpResponse::Accepted().json(bid))
+}
+
+/// `recorded` once the db-writer stored the bid, `pending` while only this process knows it
+/// was acked; 404 otherwise (the outcome of a 503 may still turn out either way), 400 for an
+/// id that is not a UUID.
+pub async fn get_bid(state: SharedState, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let bid_id = BidId::parse(&path)?;
+    match state.bidding.find(bid_id).await? {
+        Some(BidStatus::Recorded(bid)) => Ok(HttpResponse::Ok().json(json!({ "status": "recorded", "bid": bid }))),
+        Some(BidStatus::Pending(bid)) => Ok(HttpResponse::Ok().json(json!({ "status": "pending", "bid": bid }))),
+        None => Err(ApiError::BidNotFound(bid_id)),
+    }
 }
 
 pub async fn get_auction(state: SharedState, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
@@ -93,7 +94,7 @@ pub async fn readyz(state: SharedState) -> HttpResponse {
         let state = state.clone();
         async move {
             let topic = state.readiness.kafka.topic.clone();
-            let metadata = web::block(move || state.publisher.producer().client().fetch_metadata(Some(&topic), LIMIT)).await;
+            let metadata = web::block(move || state.bidding.publisher().producer().client().fetch_metadata(Some(&topic), LIMIT)).await;
             match metadata {
                 Ok(Ok(m)) if m.topics().first().is_some_and(|t| t.error().is_none() && !t.partitions().is_empty()) => Ok(()),
                 Ok(Ok(_)) => Err("the bids topic does not exist yet".to_owned()),
@@ -110,13 +111,8 @@ pub async fn readyz(state: SharedState) -> HttpResponse {
             Err(e) => Err(e.to_string()),
         }
     };
-    let mysql = async {
-        match actix_web::rt::time::timeout(LIMIT, state.store.ping()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("no answer within 3 s".to_owned()),
-        }
-    };
+    // Bounded by the store's own connect and query timeouts.
+    let mysql = async { state.store.ping().await.map_err(|e| e.to_string()) };
     let (kafka, registry, mysql) = tokio::join!(kafka, registry, mysql);
     let ready = kafka.is_ok() && registry.is_ok() && mysql.is_ok();
     let show = |r: Result<(), String>| r.err().unwrap_or_else(|| "ok".to_owned());

@@ -2,10 +2,12 @@
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
-use auction_common::ValidationError;
+use auction_common::{BidId, ValidationError};
 use serde_json::json;
 
+use crate::idempotency::IdempotencyKey;
 use crate::publish::PublishError;
+use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -15,20 +17,36 @@ pub enum ApiError {
     BadBody(String),
     #[error("auction {0} not found")]
     NotFound(String),
+    #[error("bid {0} not found: this site process did not accept it and it is not in the auction database")]
+    BidNotFound(BidId),
     #[error("auction {0} is closed and takes no more bids")]
     Closed(String),
+    #[error("Idempotency-Key: an earlier request with this key is still being processed; retry in a moment")]
+    KeyInFlight,
+    #[error("Idempotency-Key: this key was used for a different bid (another auction, name or price); use a new key for a new bid")]
+    KeyReused,
     #[error("{0}; try again shortly")]
     Unavailable(String),
+    #[error("too many bids in flight to Kafka (limit {0}); try again shortly")]
+    Busy(usize),
+    /// The bid was handed to Kafka and no ack came: it may or may not have been written.
+    #[error("{cause}; bid {bid_id} may or may not have been recorded: retry with the same Idempotency-Key, or look it up at /api/bids/{bid_id}")]
+    OutcomeUnknown { bid_id: BidId, cause: String },
     #[error("internal error")]
     Internal,
 }
 
 impl ApiError {
-    pub fn from_publish(e: PublishError) -> Self {
+    /// `bid_id` is the bid that was being published, named in the answer when its outcome is unknown.
+    pub fn from_publish(e: PublishError, bid_id: BidId) -> Self {
         match e {
             PublishError::Encoding(e) => {
                 log::error!("encoding a valid bid failed: {e}");
                 ApiError::Internal
+            }
+            e if e.outcome_unknown() => {
+                log::warn!("bid {bid_id} outcome unknown: {e}");
+                ApiError::OutcomeUnknown { bid_id, cause: e.to_string() }
             }
             other => {
                 log::warn!("bid not accepted: {other}");
@@ -37,7 +55,7 @@ impl ApiError {
         }
     }
 
-    pub fn database(e: mysql_async::Error) -> Self {
+    pub fn database(e: StoreError) -> Self {
         log::warn!("MySQL unavailable: {e}");
         ApiError::Unavailable("the auction database cannot be reached".into())
     }
@@ -47,21 +65,24 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::Invalid(_) | ApiError::BadBody(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Closed(_) => StatusCode::CONFLICT,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotFound(_) | ApiError::BidNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Closed(_) | ApiError::KeyInFlight => StatusCode::CONFLICT,
+            ApiError::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable(_) | ApiError::Busy(_) | ApiError::OutcomeUnknown { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
-        if let ApiError::Unavailable(_) = self {
+        if matches!(self, ApiError::Unavailable(_) | ApiError::Busy(_) | ApiError::OutcomeUnknown { .. } | ApiError::KeyInFlight) {
             response.insert_header((header::RETRY_AFTER, "1"));
         }
         let body = match self {
             ApiError::Invalid(e) => json!({ "error": self.to_string(), "field": e.field }),
             ApiError::BadBody(_) => json!({ "error": self.to_string(), "field": "body" }),
+            ApiError::KeyInFlight | ApiError::KeyReused => json!({ "error": self.to_string(), "field": IdempotencyKey::HEADER }),
+            ApiError::OutcomeUnknown { bid_id, .. } => json!({ "error": self.to_string(), "bid_id": bid_id }),
             _ => json!({ "error": self.to_string() }),
         };
         response.json(body)

@@ -3,10 +3,15 @@
 //! writes MySQL: it reads auctions and highest bids from it.
 
 mod api;
+mod bidding;
+mod bounded;
 mod error;
+mod idempotency;
 mod pages;
 mod publish;
 mod startup;
+mod state;
 mod store;
+mod templates;
 
-pub use startup::{Application, WebConfig};
+pub use startup::{Application, Limits, StopHandle, WebConfig};

@@ -1,4 +1,5 @@
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
@@ -6,10 +7,13 @@ use actix_web::{middleware, web, App, HttpServer};
 use anyhow::Context;
 use auction_common::config::{DatabaseConfig, KafkaConfig, RegistryConfig};
 use auction_common::{db, kafka, registry::BidEncoder};
+use tokio::sync::watch;
 
-use crate::pages::Pages;
+use crate::bidding::{Bidding, BiddingLimits};
 use crate::publish::BidPublisher;
-use crate::store::Store;
+use crate::state::{AppState, Readiness};
+use crate::store::{Store, StoreTimeouts};
+use crate::templates::Templates;
 use crate::{api, pages};
 
 /// Settings of the site. Every one is also an environment variable.
@@ -31,27 +35,88 @@ pub struct WebConfig {
     pub registry: RegistryConfig,
     #[command(flatten)]
     pub database: DatabaseConfig,
+    #[command(flatten)]
+    pub limits: Limits,
 }
 
-/// Everything a request handler may use; built once, shared by every worker.
-pub struct AppState {
-    pub publisher: BidPublisher,
-    pub store: Store,
-    pub pages: Pages,
-    pub readiness: Readiness,
+const DEFAULT_MAX_BIDS_IN_FLIGHT: usize = 10_000;
+const DEFAULT_IDEMPOTENCY_KEYS_MAX: usize = 100_000;
+const DEFAULT_IDEMPOTENCY_KEY_TTL_SECS: u64 = 86_400;
+const DEFAULT_ACKED_BIDS_MAX: usize = 100_000;
+const DEFAULT_DATABASE_TIMEOUT_MS: u64 = 3_000;
+const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 10;
+
+/// The bounds on memory and time the site keeps whatever Kafka, MySQL or the bidders do.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Limits {
+    /// Most bids handled at once (checked, encoded, or waiting for Kafka's ack); one more gets
+    /// a 503 with Retry-After at once.
+    #[arg(long = "max-bids-in-flight", env = "MAX_BIDS_IN_FLIGHT", default_value_t = DEFAULT_MAX_BIDS_IN_FLIGHT)]
+    pub max_bids_in_flight: usize,
+    /// Most idempotency keys remembered; beyond it the oldest is forgotten.
+    #[arg(long = "idempotency-keys-max", env = "IDEMPOTENCY_KEYS_MAX", default_value_t = DEFAULT_IDEMPOTENCY_KEYS_MAX)]
+    pub idempotency_keys_max: usize,
+    /// How long an idempotency key is remembered after its first use.
+    #[arg(long = "idempotency-key-ttl-secs", env = "IDEMPOTENCY_KEY_TTL_SECS", default_value_t = DEFAULT_IDEMPOTENCY_KEY_TTL_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub idempotency_key_ttl_secs: u64,
+    /// Most acked bids remembered so `GET /api/bids/{bid_id}` and the page after a form bid can
+    /// show them before the db-writer stored them; beyond it the oldest is forgotten.
+    #[arg(long = "acked-bids-max", env = "ACKED_BIDS_MAX", default_value_t = DEFAULT_ACKED_BIDS_MAX)]
+    pub acked_bids_max: usize,
+    /// How long a request may wait for a MySQL connection (from the pool, or a new one: TCP and
+    /// handshake) before it gets a 503.
+    #[arg(long = "database-connect-timeout-ms", env = "DATABASE_CONNECT_TIMEOUT_MS", default_value_t = DEFAULT_DATABASE_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub database_connect_timeout_ms: u64,
+    /// How long one MySQL query may take before the request gets a 503.
+    #[arg(long = "database-query-timeout-ms", env = "DATABASE_QUERY_TIMEOUT_MS", default_value_t = DEFAULT_DATABASE_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub database_query_timeout_ms: u64,
+    /// After SIGTERM or SIGINT: how long the site may take to stop. It stops accepting at once,
+    /// lets requests in flight finish (all but the last 2 s), then flushes the producer.
+    #[arg(long = "shutdown-timeout-secs", env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(3..))]
+    pub shutdown_timeout_secs: u64,
 }
 
-/// What `/readyz` checks.
-pub struct Readiness {
-    pub kafka: KafkaConfig,
-    pub registry_url: String,
-    pub http: reqwest::Client,
+impl Default for Limits {
+    /// The same values as the flags' defaults.
+    fn default() -> Self {
+        Self {
+            max_bids_in_flight: DEFAULT_MAX_BIDS_IN_FLIGHT,
+            idempotency_keys_max: DEFAULT_IDEMPOTENCY_KEYS_MAX,
+            idempotency_key_ttl_secs: DEFAULT_IDEMPOTENCY_KEY_TTL_SECS,
+            acked_bids_max: DEFAULT_ACKED_BIDS_MAX,
+            database_connect_timeout_ms: DEFAULT_DATABASE_TIMEOUT_MS,
+            database_query_timeout_ms: DEFAULT_DATABASE_TIMEOUT_MS,
+            shutdown_timeout_secs: DEFAULT_SHUTDOWN_TIMEOUT_SECS,
+        }
+    }
+}
+
+/// Of the shutdown time, what is kept for flushing the producer after requests finished.
+/// Every request that produced a bid has its ack or its error by then, so the flush only
+/// waits for bids whose bidder hung up.
+const FLUSH_RESERVE: Duration = Duration::from_secs(2);
+
+/// Asks the site to stop as SIGTERM does: no new connections, requests in flight finish,
+/// the producer is flushed, then [`Application::run_until_stopped`] returns.
+#[derive(Clone)]
+pub struct StopHandle(Arc<watch::Sender<bool>>);
+
+impl StopHandle {
+    pub fn stop(&self) {
+        self.0.send_replace(true);
+    }
 }
 
 pub struct Application {
     address: SocketAddr,
     server: Server,
     state: web::Data<AppState>,
+    stop: StopHandle,
+    drain: Duration,
 }
 
 impl Application {
@@ -68,10 +133,24 @@ impl Application {
             .build()
             .context("Failed to build the HTTP client")?;
 
+        let limits = &config.limits;
+        let timeouts = StoreTimeouts {
+            connect: Duration::from_millis(limits.database_connect_timeout_ms),
+            query: Duration::from_millis(limits.database_query_timeout_ms),
+        };
+        // The runtime `build` runs on (the binary's main one) serves MySQL to every worker.
+        let store = Arc::new(Store::new(pool, timeouts, tokio::runtime::Handle::current()));
+        let publisher = BidPublisher::new(producer, encoder, config.kafka.topic.clone());
+        let bidding_limits = BiddingLimits {
+            max_bids_in_flight: limits.max_bids_in_flight,
+            idempotency_keys_max: limits.idempotency_keys_max,
+            idempotency_key_ttl: Duration::from_secs(limits.idempotency_key_ttl_secs),
+            acked_bids_max: limits.acked_bids_max,
+        };
         let state = web::Data::new(AppState {
-            publisher: BidPublisher::new(producer, encoder, config.kafka.topic.clone()),
-            store: Store::new(pool),
-            pages: Pages::new().context("Failed to load the templates")?,
+            bidding: Arc::new(Bidding::new(Arc::clone(&store), publisher, &bidding_limits)),
+            store,
+            templates: Templates::new().context("Failed to load the templates")?,
             readiness: Readiness { kafka: config.kafka.clone(), registry_url: config.registry.url.clone(), http },
         });
         prepare_in_background(state.clone(), config.kafka.clone());
@@ -79,18 +158,28 @@ impl Application {
         let listener = TcpListener::bind(&config.bind_addr).with_context(|| format!("Failed to bind {}", config.bind_addr))?;
         let address = listener.local_addr()?;
         let app_state = state.clone();
+        let (stop, mut stopped) = watch::channel(false);
+        let drain = Duration::from_secs(limits.shutdown_timeout_secs).saturating_sub(FLUSH_RESERVE).max(Duration::from_secs(1));
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
                 .wrap(middleware::Logger::new("%a \"%r\" %s %Dms").exclude("/healthz").exclude("/readyz"))
                 .configure(routes)
         })
-        .shutdown_timeout(10)
+        // actix-server stops gracefully on SIGTERM but abruptly on SIGINT (Ctrl-C), dropping
+        // requests whose bid may already be in Kafka; both go through the stop handle instead.
+        .shutdown_signal(async move {
+            if stopped.wait_for(|stop| *stop).await.is_err() {
+                // Every handle is gone: nothing can ask for a stop any more.
+                std::future::pending::<()>().await;
+            }
+        })
+        .shutdown_timeout(drain.as_secs())
         .listen(listener)?;
         if let Some(workers) = config.http_workers {
             server = server.workers(workers);
         }
-        Ok(Self { address, server: server.run(), state })
+        Ok(Self { address, server: server.run(), state, stop: StopHandle(Arc::new(stop)), drain })
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -101,12 +190,38 @@ impl Application {
         self.address.port()
     }
 
-    /// Serves until SIGINT/SIGTERM, then flushes what the producer still holds.
-    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.server.await?;
-        self.state.publisher.flush(Duration::from_secs(10));
-        Ok(())
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
     }
+
+    /// Serves until SIGTERM, SIGINT or the stop handle; then stops accepting, lets requests in
+    /// flight finish (up to the shutdown timeout less the flush reserve), and flushes what the
+    /// producer still holds.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let signals = tokio::spawn(stop_on_signal(self.stop.clone(), self.drain));
+        let served = self.server.await;
+        signals.abort();
+        self.state.bidding.publisher().flush(FLUSH_RESERVE);
+        log::info!("auction-web stopped");
+        Ok(served?)
+    }
+}
+
+async fn stop_on_signal(stop: StopHandle, drain: Duration) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(e), _) | (_, Err(e)) => {
+            log::error!("cannot listen for SIGTERM/SIGINT, so they would stop the site abruptly: {e}");
+            return;
+        }
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    log::info!("{name}: no new connections; requests in flight may finish for {drain:?}, then the producer is flushed");
+    stop.stop();
 }
 
 /// Every route of the site, in one place.
@@ -117,6 +232,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/auctions/{id}/bids", web::post().to(pages::place_bid))
         .route("/api/auctions/{id}", web::get().to(api::get_auction))
         .route("/api/auctions/{id}/bids", web::post().to(api::place_bid))
+        .route("/api/bids/{bid_id}", web::get().to(api::get_bid))
         .route("/healthz", web::get().to(api::healthz))
         .route("/readyz", web::get().to(api::readyz));
 }
@@ -128,7 +244,7 @@ fn prepare_in_background(state: web::Data<AppState>, kafka_config: KafkaConfig) 
         let mut delay = Duration::from_millis(200);
         loop {
             let topic = kafka::ensure_topic(&kafka_config).await;
-            let schema = state.publisher.register_schema().await;
+            let schema = state.bidding.publisher().register_schema().await;
             match (&topic, &schema) {
                 (Ok(()), Ok(id)) => {
                     log::info!("topic {} ready, schema id {id}", kafka_config.topic);
@@ -146,11 +262,9 @@ fn prepare_in_background(state: web::Data<AppState>, kafka_config: KafkaConfig) 
     });
 }
 
-pub(crate) type SharedState = web::Data<AppState>;
-
 #[cfg(test)]
 mod tests {
-    use super::WebConfig;
+    use super::{Limits, WebConfig};
     use clap::{CommandFactory, Parser};
 
     #[test]
@@ -162,5 +276,12 @@ mod tests {
         assert_eq!(config.database.url, "mysql://auction:auction@127.0.0.1:3306/auction");
         let config = WebConfig::try_parse_from(["auction-web", "--schema-registry-url", "http://r", "--database-url", "mysql://d"]).unwrap();
         assert_eq!((config.registry.url.as_str(), config.database.url.as_str()), ("http://r", "mysql://d"));
+    }
+
+    #[test]
+    fn limits_default_to_the_flags_defaults() {
+        let parsed = WebConfig::try_parse_from(["auction-web"]).expect("defaults parse").limits;
+        assert_eq!(format!("{parsed:?}"), format!("{:?}", Limits::default()));
+        assert!(WebConfig::try_parse_from(["auction-web", "--database-query-timeout-ms", "0"]).is_err());
     }
 }

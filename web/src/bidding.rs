@@ -1,0 +1,190 @@
+//! Placing a bid, the site's one use case; the JSON API and the form are thin adapters over it.
+//!
+//! A bid request is validated, its auction checked (it exists and is open), then the bid is
+//! stamped, encoded and produced; it is accepted once the broker acked it. Under faults:
+//! - at most `max_bids_in_flight` bids are being handled at once; beyond that a request gets
+//!   a 503 at once, so a stalled Kafka costs bounded memory;
+//! - a failure before the bid was handed to the producer means it was not placed; after, its
+//!   outcome is unknown and the answer names its `bid_id`;
+//! - with an idempotency key (see [`crate::idempotency`]), a retry never makes a second bid:
+//!   it replays the ack, or produces the identical bid again (same `bid_id`, `bid_ts` and
+//!   bytes), which the consumers store once since they deduplicate by `bid_id`.
+//!
+//! The bids this process acked are kept (bounded) so a bid can be shown before the db-writer
+//! has stored it.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use auction_common::{AuctionId, Bid, BidId, BidderName, Price};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::bounded::BoundedMap;
+use crate::error::ApiError;
+use crate::idempotency::{Claim, IdempotencyKey, IdempotencyKeys, Reservation};
+use crate::publish::BidPublisher;
+use crate::store::{Store, StoredBid};
+
+/// A bid request whose fields are valid; what an idempotency key is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BidRequest {
+    pub auction_id: AuctionId,
+    pub name: BidderName,
+    pub price: Price,
+}
+
+impl BidRequest {
+    /// The texts as the bidder sent them. An auction id that is not one is "not found", like
+    /// any auction that does not exist.
+    pub fn parse(auction: &str, name: &str, price: &str) -> Result<Self, ApiError> {
+        let auction_id = parse_auction_id(auction)?;
+        Ok(Self { auction_id, name: BidderName::parse(name)?, price: Price::parse(price)? })
+    }
+}
+
+pub fn parse_auction_id(raw: &str) -> Result<AuctionId, ApiError> {
+    let shown: String = raw.chars().take(30).collect();
+    raw.parse::<u64>()
+        .ok()
+        .and_then(|id| AuctionId::new(id).ok())
+        .ok_or(ApiError::NotFound(format!("{shown:?}")))
+}
+
+/// A bid and its encoded bytes: produced again unchanged when its outcome was unknown.
+#[derive(Clone)]
+struct Attempt {
+    bid: Bid,
+    payload: Arc<[u8]>,
+}
+
+/// Where a bid is, as far as this process can tell.
+pub enum BidStatus {
+    /// The db-writer stored it in MySQL.
+    Recorded(StoredBid),
+    /// This process got the broker's ack; it is not in MySQL yet.
+    Pending(Bid),
+}
+
+/// The bounds the use case keeps (see `WebConfig` for what each means).
+pub struct BiddingLimits {
+    pub max_bids_in_flight: usize,
+    pub idempotency_keys_max: usize,
+    pub idempotency_key_ttl: Duration,
+    pub acked_bids_max: usize,
+}
+
+pub struct Bidding {
+    store: Arc<Store>,
+    publisher: BidPublisher,
+    keys: IdempotencyKeys<BidRequest, Attempt>,
+    acked: Mutex<BoundedMap<BidId, Bid>>,
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
+}
+
+impl Bidding {
+    pub fn new(store: Arc<Store>, publisher: BidPublisher, limits: &BiddingLimits) -> Self {
+        // A semaphore holds at most this many permits.
+        let max_in_flight = limits.max_bids_in_flight.clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            store,
+            publisher,
+            keys: IdempotencyKeys::new(limits.idempotency_keys_max, limits.idempotency_key_ttl),
+            acked: Mutex::new(BoundedMap::new(limits.acked_bids_max, None)),
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
+        }
+    }
+
+    pub fn publisher(&self) -> &BidPublisher {
+        &self.publisher
+    }
+
+    /// Places the bid; returns once the broker acked it (or, for a key seen before, the bid
+    /// that was acked for it).
+    pub async fn place(self: &Arc<Self>, request: BidRequest, key: Option<IdempotencyKey>) -> Result<Bid, ApiError> {
+        let (reservation, earlier) = match key.map(|key| self.keys.claim(key, &request)) {
+            None => (None, None),
+            Some(Claim::Fresh(reservation)) => (Some(reservation), None),
+            Some(Claim::Retry(reservation, attempt)) => {
+                log::info!("idempotency key retried: producing bid {} again, its outcome was unknown", attempt.bid.bid_id);
+                (Some(reservation), Some(attempt))
+            }
+            Some(Claim::Replay(attempt)) => return Ok(attempt.bid),
+            Some(Claim::InFlight) => return Err(ApiError::KeyInFlight),
+            Some(Claim::Mismatch) => return Err(ApiError::KeyReused),
+        };
+        // Refused here or below, before producing, the reservation gives the key back as it was.
+        let permit = Arc::clone(&self.in_flight).try_acquire_owned().map_err(|_| ApiError::Busy(self.max_in_flight))?;
+        let attempt = match earlier {
+            // Not checked or stamped again: it is the bid the earlier request may have placed.
+            Some(attempt) => attempt,
+            None => self.new_attempt(request).await?,
+        };
+        let bid_id = attempt.bid.bid_id;
+        // Waited for in a task of its own: a bidder who hangs up does not cancel it, so the key
+        // and the acked bids still learn how it ended, and the permit is held until then.
+        let this = Arc::clone(self);
+        match tokio::spawn(async move { this.produce(attempt, reservation, permit).await }).await {
+            Ok(result) => result,
+            Err(e) => {
+                log::error!("the task producing bid {bid_id} ended without a result: {e}");
+                Err(ApiError::OutcomeUnknown { bid_id, cause: "the wait for Kafka's ack was interrupted".into() })
+            }
+        }
+    }
+
+    async fn new_attempt(&self, request: BidRequest) -> Result<Attempt, ApiError> {
+        let auction = self.store.auction(request.auction_id).await.map_err(ApiError::database)?;
+        match auction {
+            None => return Err(ApiError::NotFound(request.auction_id.to_string())),
+            Some(a) if !a.open => return Err(ApiError::Closed(request.auction_id.to_string())),
+            Some(_) => {}
+        }
+        let bid = Bid::accept(request.auction_id, request.name, request.price);
+        let payload = self.publisher.encode(&bid).await.map_err(|e| ApiError::from_publish(e, bid.bid_id))?;
+        Ok(Attempt { bid, payload: payload.into() })
+    }
+
+    async fn produce(
+        &self,
+        attempt: Attempt,
+        mut reservation: Option<Reservation<BidRequest, Attempt>>,
+        _permit: OwnedSemaphorePermit,
+    ) -> Result<Bid, ApiError> {
+        if let Some(r) = reservation.as_mut() {
+            r.producing(attempt.clone());
+        }
+        match self.publisher.send(attempt.bid.bid_id, &attempt.payload).await {
+            Ok(()) => {
+                self.acked.lock().unwrap_or_else(PoisonError::into_inner).insert(attempt.bid.bid_id, attempt.bid.clone());
+                let bid = attempt.bid.clone();
+                if let Some(r) = reservation {
+                    r.acked(attempt);
+                }
+                Ok(bid)
+            }
+            // Dropped, the reservation leaves the key "unknown" with this attempt.
+            Err(e) if e.outcome_unknown() => Err(ApiError::from_publish(e, attempt.bid.bid_id)),
+            Err(e) => {
+                if let Some(r) = reservation {
+                    r.not_produced();
+                }
+                Err(ApiError::from_publish(e, attempt.bid.bid_id))
+            }
+        }
+    }
+
+    /// A bid this process acked, if it still remembers it.
+    pub fn acked(&self, bid_id: BidId) -> Option<Bid> {
+        self.acked.lock().unwrap_or_else(PoisonError::into_inner).get(&bid_id).cloned()
+    }
+
+    /// Where the bid is: in MySQL, or acked here and on its way there.
+    pub async fn find(&self, bid_id: BidId) -> Result<Option<BidStatus>, ApiError> {
+        if let Some(stored) = self.store.bid(bid_id).await.map_err(ApiError::database)? {
+            return Ok(Some(BidStatus::Recorded(stored)));
+        }
+        Ok(self.acked(bid_id).map(BidStatus::Pending))
+    }
+}

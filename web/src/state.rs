@@ -1,0 +1,26 @@
+//! What every request handler may use: built once at startup, shared by every worker.
+
+use std::sync::Arc;
+
+use actix_web::web;
+use auction_common::config::KafkaConfig;
+
+use crate::bidding::Bidding;
+use crate::store::Store;
+use crate::templates::Templates;
+
+pub struct AppState {
+    pub bidding: Arc<Bidding>,
+    pub store: Arc<Store>,
+    pub templates: Templates,
+    pub readiness: Readiness,
+}
+
+/// What `/readyz` checks.
+pub struct Readiness {
+    pub kafka: KafkaConfig,
+    pub registry_url: String,
+    pub http: reqwest::Client,
+}
+
+pub type SharedState = web::Data<AppState>;
