@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test up down stack-up stack-down status build release migrate bench check-toolchain
+.PHONY: run test up down stack-up stack-down status build release migrate bench chaos check-toolchain
 
 ## run: build, start the stack, the site on http://127.0.0.1:8080, 2 db-writers and a file-backup (Ctrl-C stops all)
 run: release
@@ -39,6 +39,11 @@ release: check-toolchain
 ## bench: load the running system (make up) and print bids/s at the API and end to end
 bench: up
 	$(CARGO) run --release --locked -p auction-tests --example pipeline_bench -- $(BENCH_ARGS)
+
+## chaos: bids under SIGKILLs, rebalances and MariaDB/broker/registry restarts on a stack of its own; then the audit
+chaos: release
+	$(CARGO) build --release --locked -p auction-tests --example chaos_load
+	@bash scripts/chaos.sh
 
 check-toolchain:
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust 1.89 or newer with rustup (https://rustup.rs)"; exit 1; }

@@ -5,6 +5,11 @@
 #   Kafka (KRaft, 1 node) 127.0.0.1:9092  (controller 127.0.0.1:9093)
 #   Apicurio Registry    127.0.0.1:8081   (Confluent API under /apis/ccompat/v7; schemas stored in Kafka)
 # Usage: scripts/stack.sh up|down|status
+#
+# A second, independent stack (as `make chaos` uses, so its restarts touch nothing else) runs with
+# STACK_DIR (its state) and the ports overridden: MARIADB_PORT, KAFKA_PORT, KAFKA_CONTROLLER_PORT,
+# APICURIO_PORT, APICURIO_MGMT_PORT. The programs it runs (Kafka jars, Apicurio, the Java
+# runtime) are always those install-deps.sh put under .stack/.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -12,24 +17,28 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 KAFKA_VERSION=$(sed -n 's/^KAFKA_VERSION=//p' "$ROOT/scripts/install-deps.sh")
 APICURIO_VERSION=$(sed -n 's/^APICURIO_VERSION=//p' "$ROOT/scripts/install-deps.sh")
 
-MARIADB_PORT=3306
-KAFKA_PORT=9092
-KAFKA_CONTROLLER_PORT=9093
-APICURIO_PORT=8081
+MARIADB_PORT=${MARIADB_PORT:-3306}
+KAFKA_PORT=${KAFKA_PORT:-9092}
+KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
+APICURIO_PORT=${APICURIO_PORT:-8081}
 # Apicurio's Quarkus management interface (health, metrics) is enabled at build time and cannot be
 # switched off, so it gets a port too; also on loopback.
-APICURIO_MGMT_PORT=9000
+APICURIO_MGMT_PORT=${APICURIO_MGMT_PORT:-9000}
 
 AUCTION_DB_PASSWORD=${AUCTION_DB_PASSWORD:-auction}
 ANALYST_DB_PASSWORD=${ANALYST_DB_PASSWORD:-analyst}
 ADMIN_DB_PASSWORD=${ADMIN_DB_PASSWORD:-auction_admin}
 
-STACK=$ROOT/.stack
+# Where install-deps.sh put the programs, and where this stack keeps its state.
+INSTALL=$ROOT/.stack
+STACK=${STACK_DIR:-$INSTALL}
 RUN=$STACK/run
 LOGS=$STACK/logs
 MY_CNF=$STACK/mariadb/my.cnf
 MY_SOCK=$RUN/mariadb.sock
-KAFKA_LIBS=$STACK/kafka/libs
+KAFKA_LIBS=$INSTALL/kafka/libs
+APICURIO_JAR=$INSTALL/apicurio/quarkus-run.jar
+# Apicurio's working directory: Quarkus reads config/application.properties from it.
 APICURIO_HOME=$STACK/apicurio
 SERVICES=(mariadb kafka apicurio)
 
@@ -347,9 +356,9 @@ apicurio_up() {
   if [[ -n $(service_pid apicurio) ]]; then APICURIO_WAS_UP=1; return; fi
   APICURIO_WAS_UP=0
   # Java 25 from .stack/jre: Apicurio 3.3 needs Java 21 or newer (see install-deps.sh).
-  start_bg apicurio "$APICURIO_HOME" "$STACK/jre/bin/java" -Xms64m -Xmx384m \
+  start_bg apicurio "$APICURIO_HOME" "$INSTALL/jre/bin/java" -Xms64m -Xmx384m \
     -Djava.util.logging.manager=org.jboss.logmanager.LogManager -Djava.io.tmpdir="$APICURIO_HOME/tmp" \
-    -jar "$APICURIO_HOME/quarkus-run.jar"
+    -jar "$APICURIO_JAR"
 }
 
 apicurio_ready() {

@@ -3,7 +3,6 @@ use std::time::Duration;
 
 use auction_common::registry::{BidDecoder, BidEncoder};
 use auction_common::{kafka, Bid};
-use futures::future::join_all;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
 
@@ -18,9 +17,10 @@ async fn bids_posted_through_the_api_land_exactly_once_in_mysql_and_in_the_csv()
     let csv = stack.csv_path();
     let backup = stack.spawn_file_backup("backup", &csv);
 
-    let posts = (0..60).map(|i| app.post_bid_json("1", json!({"name": format!("bidder {i}, \"the\" best"), "price": format!("{}.{:02}", 10 + i, i)})));
+    // One after another: each must beat the one before by the increment to be accepted.
     let mut accepted: HashMap<String, Value> = HashMap::new();
-    for response in join_all(posts).await {
+    for i in 0..60 {
+        let response = app.post_bid_json("1", json!({"name": format!("bidder {i}, \"the\" best"), "price": format!("{}.{:02}", 10 + i, i)})).await;
         assert_eq!(response.status(), 202);
         let body: Value = response.json().await.unwrap();
         accepted.insert(body["bid_id"].as_str().unwrap().to_owned(), body);
@@ -223,8 +223,12 @@ async fn a_db_writer_that_cannot_reach_mysql_stores_no_offset_so_a_healthy_one_w
     .await;
     // Long enough for several retries, and for an offset commit if one were (wrongly) stored.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(failing.status.written.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert!(failing.status.stalled().is_some_and(|s| s.contains("MySQL")), "it says why it holds");
     failing.stop().await;
+    // What Kafka holds for the group: no committed offset on any partition.
+    let group = format!("writers-{}", stack.suffix);
+    let committed = stack.committed_offsets(&group);
+    assert!(committed.iter().all(|o| *o == rdkafka::Offset::Invalid), "no offset committed: {committed:?}");
     assert!(stack.bid_rows().await.is_empty());
 
     let healthy = stack.spawn_db_writer("writers");

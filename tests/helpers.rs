@@ -128,6 +128,17 @@ impl TestStack {
             .sum()
     }
 
+    /// The offsets `group` has committed on each partition of the test's topic, as Kafka holds them.
+    pub fn committed_offsets(&self, group: &str) -> Vec<Offset> {
+        let consumer: BaseConsumer = kafka::client_config(&self.kafka).set("group.id", group).create().expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.kafka.topic_partitions {
+            tpl.add_partition(&self.kafka.topic, p);
+        }
+        let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
+        committed.elements().iter().map(|e| e.offset()).collect()
+    }
+
     /// Drops the test's database and topic; leaves them for inspection if the test failed.
     pub async fn cleanup(self) {
         let dlq = format!("{}.dlq", self.kafka.topic);

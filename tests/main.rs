@@ -9,4 +9,5 @@ mod dlq_audit;
 mod helpers;
 mod pages;
 mod standing;
+mod views;
 mod web_delivery;

@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use auction_common::config::DatabaseConfig;
 use auction_common::{auction_db, db, Bid, BidId, BidderName, Price};
-use chrono::NaiveDateTime;
+use chrono::{NaiveDateTime, Timelike};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Pool, Transaction, TxOpts, Value};
 use rust_decimal::Decimal;
@@ -124,6 +124,7 @@ async fn write_transaction(pool: &Pool, records: &[&Record]) -> Result<(u64, u64
         );
         tx.exec_drop(sql, params).await?;
         update_standings(&mut tx, &inserted).await?;
+        update_activity(&mut tx, &inserted).await?;
     }
     tx.commit().await?;
     Ok((fresh as u64, (records.len() - fresh) as u64))
@@ -175,6 +176,48 @@ async fn update_standings(tx: &mut Transaction<'_>, inserted: &[&Bid]) -> Result
         auction_db::save_standing(tx, rules.id, &standing).await?;
     }
     Ok(())
+}
+
+/// Adds the inserted bids to the analysts' summaries (`bids_per_minute`, `bidder_activity`;
+/// see sql/README.md), in the same transaction, keys in sorted order so writers lock alike.
+async fn update_activity(tx: &mut Transaction<'_>, inserted: &[&Bid]) -> Result<(), mysql_async::Error> {
+    let mut per_minute: BTreeMap<(NaiveDateTime, u64), u64> = BTreeMap::new();
+    let mut per_bidder: BTreeMap<(&str, u64), (u64, Decimal, NaiveDateTime)> = BTreeMap::new();
+    for b in inserted {
+        let ts = b.bid_ts.naive_utc();
+        let minute = ts.with_second(0).and_then(|t| t.with_nanosecond(0)).unwrap_or(ts);
+        *per_minute.entry((minute, b.auction_id.get())).or_default() += 1;
+        let entry = per_bidder.entry((b.name.as_str(), b.auction_id.get())).or_insert((0, b.price.get(), ts));
+        entry.0 += 1;
+        entry.1 = entry.1.max(b.price.get());
+        entry.2 = entry.2.max(ts);
+    }
+    let mut params: Vec<Value> = Vec::with_capacity(per_minute.len() * 3);
+    for ((minute, auction), n) in &per_minute {
+        params.extend([(*minute).into(), (*auction).into(), (*n).into()]);
+    }
+    tx.exec_drop(
+        format!(
+            "INSERT INTO bids_per_minute (minute, auction_id, bids) VALUES {} ON DUPLICATE KEY UPDATE bids = bids + VALUES(bids)",
+            placeholders(per_minute.len(), "(?,?,?)")
+        ),
+        params,
+    )
+    .await?;
+    let mut params: Vec<Value> = Vec::with_capacity(per_bidder.len() * 5);
+    for ((name, auction), (n, highest, last)) in &per_bidder {
+        params.extend([(*name).into(), (*auction).into(), (*n).into(), (*highest).into(), (*last).into()]);
+    }
+    tx.exec_drop(
+        format!(
+            "INSERT INTO bidder_activity (name, auction_id, bids, highest_price, last_bid_ts) VALUES {}
+             ON DUPLICATE KEY UPDATE bids = bids + VALUES(bids), highest_price = GREATEST(highest_price, VALUES(highest_price)),
+                                     last_bid_ts = GREATEST(last_bid_ts, VALUES(last_bid_ts))",
+            placeholders(per_bidder.len(), "(?,?,?,?,?)")
+        ),
+        params,
+    )
+    .await
 }
 
 impl Sink for MySqlSink {

@@ -316,8 +316,9 @@ pub async fn run<S: Sink>(
 
     let mut progress = Progress::new();
     let mut held: Option<OwnedMessage> = None;
+    let mut kafka_errors = ErrorReport { since: Instant::now().checked_sub(Duration::from_secs(60)).unwrap_or_else(Instant::now), count: 0 };
     let result = loop {
-        let mut batch = collect_batch(&consumer, &decoder, &settings, &status, &mut shutdown, &mut held).await;
+        let mut batch = collect_batch(&consumer, &decoder, &settings, &status, &mut shutdown, &mut held, &mut kafka_errors).await;
         let stopping = *shutdown.borrow();
         if !batch.records.is_empty() {
             match write_with_retry(&mut sink, &batch.records, &status, &mut shutdown).await {
@@ -357,6 +358,12 @@ pub async fn run<S: Sink>(
     dead_letters.producer_flush();
     log::info!("group {} stopped", settings.group_id);
     result
+}
+
+/// When Kafka errors were last reported, and how many came since.
+struct ErrorReport {
+    since: Instant,
+    count: u64,
 }
 
 /// A message for the dead-letter topic: its original key and payload, and why.
@@ -520,6 +527,7 @@ async fn collect_batch(
     status: &ConsumerStatus,
     shutdown: &mut watch::Receiver<bool>,
     held: &mut Option<OwnedMessage>,
+    kafka_errors: &mut ErrorReport,
 ) -> Batch {
     let mut batch = Batch::default();
     // A message held because the registry failed comes first, before anything after it.
@@ -563,7 +571,14 @@ async fn collect_batch(
             Err(_) if deadline.is_some() => break,
             Err(_) => continue,
             Ok(Err(e)) => {
-                log::warn!("Kafka error while consuming: {e}");
+                // librdkafka reconnects by itself; say so once every 10 s, not five times a second.
+                if kafka_errors.since.elapsed() >= Duration::from_secs(10) {
+                    log::warn!("Kafka error while consuming ({} more since the last report): {e}", kafka_errors.count);
+                    *kafka_errors = ErrorReport { since: Instant::now(), count: 0 };
+                } else {
+                    kafka_errors.count += 1;
+                    log::debug!("Kafka error while consuming: {e}");
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Ok(Ok(m)) => {
