@@ -9,5 +9,6 @@ mod dlq_audit;
 mod helpers;
 mod pages;
 mod standing;
+mod status;
 mod views;
 mod web_delivery;

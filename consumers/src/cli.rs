@@ -54,6 +54,8 @@ pub enum Command {
     },
     /// Check that every bid in Kafka is in MySQL and in the CSV exactly once (exit 1 if not).
     Audit(crate::audit::AuditArgs),
+    /// Each consumer group of the topic: members, partitions, committed and end offsets, lag.
+    Status(crate::status::StatusArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -106,6 +108,7 @@ pub async fn run(command: Command, shutdown: watch::Receiver<bool>) -> anyhow::R
         }
         Command::Dlq { command } => crate::dlq::run_command(command, shutdown).await,
         Command::Audit(args) => crate::audit::run_command(args, shutdown).await,
+        Command::Status(args) => crate::status::run_command(args).await,
     }
 }
 

@@ -8,3 +8,4 @@ pub mod db_writer;
 pub mod dlq;
 pub mod file_backup;
 pub mod pipeline;
+pub mod status;
