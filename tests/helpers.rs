@@ -73,6 +73,7 @@ impl TestStack {
             registry: self.registry.clone(),
             database: self.database.clone(),
             limits: Default::default(),
+            security: Default::default(),
         }
     }
 

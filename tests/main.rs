@@ -3,11 +3,13 @@
 //! topic, consumer groups, database and CSV file, so tests run in parallel.
 
 mod api;
+mod auctions_api;
 mod consumers;
 mod delivery;
 mod dlq_audit;
 mod helpers;
 mod pages;
+mod site;
 mod standing;
 mod status;
 mod views;

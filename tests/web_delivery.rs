@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use auction_common::kafka;
 use auction_web::Application;
+use mysql_async::prelude::Queryable;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -55,21 +56,8 @@ async fn post_bid(client: &reqwest::Client, address: &str, auction: &str, body: 
     Answer::of(request.send().await.expect("POST answered")).await
 }
 
-async fn post_form(app: &TestApp, auction: &str, name: &str, price: &str, key: &str) -> reqwest::Response {
-    let form = [("name", name), ("price", price), ("idempotency_key", key)];
-    app.client.post(format!("{}/auctions/{auction}/bids", app.address)).form(&form).send().await.expect("form POST answered")
-}
-
 async fn get(app: &TestApp, path: &str) -> Answer {
     Answer::of(app.get(path).await).await
-}
-
-/// The idempotency keys of the page's forms, in order.
-fn form_keys(page: &str) -> Vec<String> {
-    const FIELD: &str = "name=\"idempotency_key\" value=\"";
-    page.match_indices(FIELD)
-        .filter_map(|(at, _)| page[at + FIELD.len()..].split('"').next().map(str::to_owned))
-        .collect()
 }
 
 /// The keys (bid ids) of every message in the test's topic, read from the beginning.
@@ -243,6 +231,7 @@ async fn a_request_refused_for_bad_input_keeps_its_key_free_and_malformed_keys_g
     let bad_price = post_bid(&app.client, &app.address, "1", &json!({"name": "Ada", "price": "1.234"}), Some(&key)).await;
     let no_auction = post_bid(&app.client, &app.address, "999999", &json!({"name": "Ada", "price": "10"}), Some(&key)).await;
     let fixed = post_bid(&app.client, &app.address, "1", &json!({"name": "Ada", "price": "10"}), Some(&key)).await;
+    // Each accepted bid below beats the one before it (auction 1's increment is 0.01).
 
     assert_eq!((bad_price.status, &bad_price.body["field"]), (400, &json!("price")), "{bad_price:?}");
     assert_eq!(no_auction.status, 404, "{no_auction:?}");
@@ -262,12 +251,12 @@ async fn a_request_refused_for_bad_input_keeps_its_key_free_and_malformed_keys_g
         let refused = Answer::of(request.json(&json!({"name": "Ada", "price": "10"})).send().await.expect("answered")).await;
         assert_eq!((refused.status, &refused.body["field"]), (400, &json!(KEY_HEADER)), "{refused:?}");
     }
-    let longest_key = post_bid(&app.client, &app.address, "1", &json!({"name": "Ada", "price": "10"}), Some(&longest)).await;
+    let longest_key = post_bid(&app.client, &app.address, "1", &json!({"name": "Ada", "price": "11"}), Some(&longest)).await;
     assert_eq!(longest_key.status, 202, "200 characters are allowed");
 
     // Without a key, every request is a new bid, as before.
-    let a = post_bid(&app.client, &app.address, "1", &json!({"name": "Ada", "price": "10"}), None).await;
-    let b = post_bid(&app.client, &app.address, "1", &json!({"name": "Ada", "price": "10"}), None).await;
+    let a = post_bid(&app.client, &app.address, "1", &json!({"name": "Ada", "price": "12"}), None).await;
+    let b = post_bid(&app.client, &app.address, "1", &json!({"name": "Ada", "price": "13"}), None).await;
     assert_eq!((a.status, b.status), (202, 202));
     assert_ne!(a.body["bid_id"], b.body["bid_id"]);
     assert_eq!(stack.messages_in_topic(), 4);
@@ -406,46 +395,6 @@ async fn an_acked_bid_is_pending_until_the_db_writer_records_it() {
     stack.cleanup().await;
 }
 
-#[tokio::test]
-async fn the_bid_form_carries_a_fresh_key_so_sending_it_twice_places_one_bid() {
-    let stack = TestStack::new().await;
-    let app = stack.spawn_web().await;
-    let first_page = app.get("/").await.text().await.expect("page");
-    let second_page = app.get("/").await.text().await.expect("page");
-    let (key, other_key) = (form_keys(&first_page), form_keys(&second_page));
-    assert_eq!(key.len(), 1, "one form, one key");
-    assert!(uuid::Uuid::parse_str(&key[0]).is_ok(), "{key:?}");
-    assert_ne!(key, other_key, "a new key each time the page is rendered");
-    let key = key[0].clone();
-
-    let placed = post_form(&app, "1", "Ada", "15", &key).await;
-    let resent = post_form(&app, "1", "Ada", "15", &key).await;
-    assert_eq!((placed.status().as_u16(), resent.status().as_u16()), (303, 303));
-    assert_eq!(placed.headers()["location"], resent.headers()["location"], "the same bid");
-    assert_eq!(stack.messages_in_topic(), 1);
-
-    // A refused form comes back with its key, so fixing and resending it is still one bid.
-    let fresh = form_keys(&app.get("/").await.text().await.expect("page"))[0].clone();
-    let refused = post_form(&app, "1", "Eve", "15.555", &fresh).await;
-    assert_eq!(refused.status(), 400);
-    let page = refused.text().await.expect("page");
-    assert!(page.contains("Your bid was not placed: price"), "{page}");
-    assert_eq!(form_keys(&page), vec![fresh.clone()]);
-    let fixed = post_form(&app, "1", "Eve", "15.55", &fresh).await;
-    assert_eq!(fixed.status(), 303);
-    assert_eq!(stack.messages_in_topic(), 2);
-
-    // A key used for another bid cannot serve this form: it comes back with a new one.
-    let reused = post_form(&app, "1", "Ada", "99", &key).await;
-    assert_eq!(reused.status(), 422);
-    let page = reused.text().await.expect("page");
-    assert!(page.contains("already used for a different bid"), "{page}");
-    let new_key = form_keys(&page);
-    assert!(new_key.len() == 1 && new_key[0] != key, "{new_key:?}");
-    assert_eq!(stack.messages_in_topic(), 2);
-    stack.cleanup().await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_mysql_that_never_answers_every_page_and_endpoint_answers_in_bounded_time() {
     let stack = TestStack::new().await;
@@ -493,6 +442,9 @@ async fn with_a_mysql_that_never_answers_every_page_and_endpoint_answers_in_boun
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mysql_that_goes_silent_costs_a_503_per_request_and_the_site_recovers_when_it_answers_again() {
+    // Auctions are served from the board's last snapshot whatever MySQL does; a bid lookup
+    // still asks MySQL on every request.
+    let unknown_bid = || format!("/api/bids/{}", uuid::Uuid::now_v7());
     let stack = TestStack::new().await;
     let mysql = FaultyProxy::start(Some(mysql_address(&stack.database.url))).await;
     mysql.forward();
@@ -502,22 +454,25 @@ async fn a_mysql_that_goes_silent_costs_a_503_per_request_and_the_site_recovers_
     config.limits.database_query_timeout_ms = 1000;
     let app = TestApp::spawn(config).await;
     let pool_size = stack.database.max_connections;
-    let warm = futures::future::join_all((0..pool_size).map(|_| get(&app, "/api/auctions/1"))).await;
-    assert!(warm.iter().all(|a| a.status == 200), "{warm:?}");
+    let paths: Vec<String> = (0..pool_size + 2).map(|_| unknown_bid()).collect();
+    let warm = futures::future::join_all(paths[..pool_size].iter().map(|path| get(&app, path))).await;
+    assert!(warm.iter().all(|a| a.status == 404), "{warm:?}");
+    eventually(Duration::from_secs(10), "the board loaded", || async { get(&app, "/readyz").await.body["board"].as_str()?.starts_with("snapshot").then_some(()) }).await;
 
     mysql.silence();
     // More requests than the pool has connections, each query lost on the way back: a
     // connection whose query timed out must not keep its place in the pool.
     let started = Instant::now();
-    let answers = futures::future::join_all((0..pool_size + 2).map(|_| get(&app, "/api/auctions/1"))).await;
+    let answers = futures::future::join_all(paths.iter().map(|path| get(&app, path))).await;
     assert!(started.elapsed() < Duration::from_millis(2500), "took {:?}", started.elapsed());
     for answer in &answers {
         assert_eq!(answer.status, 503, "{answer:?}");
         assert!(answer.error().contains("database"), "{answer:?}");
     }
+    assert_eq!(get(&app, "/api/auctions/1").await.status, 200, "the last snapshot is still served");
 
     mysql.forward();
-    eventually(Duration::from_secs(10), "answers again", || async { (get(&app, "/api/auctions/1").await.status == 200).then_some(()) }).await;
+    eventually(Duration::from_secs(10), "answers again", || async { (get(&app, &unknown_bid()).await.status == 404).then_some(()) }).await;
     stack.cleanup().await;
 }
 
@@ -531,11 +486,16 @@ async fn a_query_that_timed_out_leaves_no_late_answer_for_the_next_request() {
     config.limits.database_connect_timeout_ms = 1000;
     config.limits.database_query_timeout_ms = 1000;
     let app = TestApp::spawn(config).await;
-    let auction = get(&app, "/api/auctions/1").await;
+    // A stored bid: looking it up asks MySQL on every request (auctions come from the board).
+    let stored = uuid::Uuid::now_v7().to_string();
+    stack.pool.get_conn().await.expect("conn")
+        .exec_drop("INSERT INTO bid (bid_id, auction_id, name, price, bid_ts) VALUES (?, 1, 'Ada', 10, UTC_TIMESTAMP(6))", (stored.as_str(),))
+        .await.expect("insert a bid");
+    let auction = get(&app, &format!("/api/bids/{stored}")).await;
     assert_eq!(auction.status, 200);
 
     mysql.delay_answers(Duration::from_millis(1500));
-    let slow = get(&app, "/api/auctions/1").await;
+    let slow = get(&app, &format!("/api/bids/{stored}")).await;
     assert_eq!(slow.status, 503, "{slow:?}");
     mysql.delay_answers(Duration::ZERO);
 
@@ -544,7 +504,7 @@ async fn a_query_that_timed_out_leaves_no_late_answer_for_the_next_request() {
     for _ in 0..3 {
         let unknown = get(&app, &format!("/api/bids/{}", uuid::Uuid::now_v7())).await;
         assert_eq!(unknown.status, 404, "{unknown:?}");
-        let again = get(&app, "/api/auctions/1").await;
+        let again = get(&app, &format!("/api/bids/{stored}")).await;
         assert_eq!((again.status, &again.body), (200, &auction.body));
     }
     stack.cleanup().await;
@@ -553,7 +513,9 @@ async fn a_query_that_timed_out_leaves_no_late_answer_for_the_next_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_lets_the_bids_in_flight_finish_and_every_acked_bid_is_in_kafka() {
     let stack = TestStack::new().await;
-    // A slow MySQL holds the bids at the auction check, so they are in flight when the stop comes.
+    // A slow MySQL holds the bids at the auction check, so they are in flight when the stop
+    // comes: each bid is on an auction of its own, created after the board's first snapshot
+    // (the next is a minute away), so each is looked up in MySQL.
     let mysql = FaultyProxy::start(Some(mysql_address(&stack.database.url))).await;
     mysql.forward();
     mysql.delay_answers(Duration::from_millis(250));
@@ -561,16 +523,27 @@ async fn stopping_lets_the_bids_in_flight_finish_and_every_acked_bid_is_in_kafka
     config.database.url = with_address(&stack.database.url, mysql.address);
     config.limits.database_connect_timeout_ms = 10_000;
     config.limits.database_query_timeout_ms = 10_000;
+    config.limits.standing_refresh_ms = 60_000;
     let app = Application::build(config).await.expect("app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let stop = app.stop_handle();
     let running = tokio::spawn(app.run_until_stopped());
     let client = reqwest::Client::new();
+    eventually(Duration::from_secs(10), "the board's first snapshot", || async {
+        let ready: Value = client.get(format!("{address}/readyz")).send().await.ok()?.json().await.ok()?;
+        ready["board"].as_str()?.starts_with("snapshot").then_some(())
+    })
+    .await;
+    let mut conn = stack.pool.get_conn().await.expect("conn");
+    conn.query_drop("INSERT INTO auction (id, title) VALUES (101, 'a'), (102, 'b'), (103, 'c'), (104, 'd'), (105, 'e'), (106, 'f'), (107, 'g'), (108, 'h')")
+        .await
+        .expect("insert auctions");
+    drop(conn);
 
     let bids: Vec<_> = (0..8)
         .map(|i| {
             let (client, address) = (client.clone(), address.clone());
-            tokio::spawn(async move { post_bid(&client, &address, "1", &json!({"name": format!("bidder {i}"), "price": "10"}), None).await })
+            tokio::spawn(async move { post_bid(&client, &address, &(101 + i).to_string(), &json!({"name": format!("bidder {i}"), "price": "10"}), None).await })
         })
         .collect();
     eventually(Duration::from_secs(10), "bids at the auction check", || async { (mysql.connections() >= 2).then_some(()) }).await;

@@ -47,7 +47,75 @@ impl fmt::Display for AuctionId {
     }
 }
 
-/// The bidder's name: trimmed, 1 to 100 characters, no control characters.
+/// Bidirectional controls: they reorder the text around them, so a name holding one can show
+/// as another name (or flip the text the page puts after it).
+const BIDI_CONTROLS: &[(char, char)] = &[
+    ('\u{061C}', '\u{061C}'), // arabic letter mark
+    ('\u{200E}', '\u{200F}'), // left-to-right and right-to-left marks
+    ('\u{202A}', '\u{202E}'), // embeddings, overrides and their pop
+    ('\u{2066}', '\u{2069}'), // isolates and their pop
+];
+
+/// Characters that show as nothing (or as a blank that is not a space): a name made only of
+/// these, and whitespace, looks empty or like someone else's. Inside a visible name some are
+/// needed (zero-width joiners in emoji and Indic scripts, variation selectors), so only a name
+/// with nothing else is refused.
+const INVISIBLE: &[(char, char)] = &[
+    ('\u{00AD}', '\u{00AD}'),   // soft hyphen
+    ('\u{034F}', '\u{034F}'),   // combining grapheme joiner
+    ('\u{115F}', '\u{1160}'),   // hangul choseong and jungseong fillers
+    ('\u{17B4}', '\u{17B5}'),   // khmer inherent vowels
+    ('\u{180B}', '\u{180F}'),   // mongolian variation selectors and vowel separator
+    ('\u{200B}', '\u{200D}'),   // zero-width space, non-joiner, joiner
+    ('\u{2060}', '\u{2064}'),   // word joiner, invisible operators
+    ('\u{206A}', '\u{206F}'),   // deprecated format characters
+    ('\u{2800}', '\u{2800}'),   // braille pattern blank
+    ('\u{3164}', '\u{3164}'),   // hangul filler
+    ('\u{FE00}', '\u{FE0F}'),   // variation selectors
+    ('\u{FEFF}', '\u{FEFF}'),   // zero-width no-break space (byte order mark)
+    ('\u{FFA0}', '\u{FFA0}'),   // halfwidth hangul filler
+    ('\u{1BCA0}', '\u{1BCA3}'), // shorthand format controls
+    ('\u{1D173}', '\u{1D17A}'), // musical symbol formatting
+    ('\u{E0000}', '\u{E007F}'), // tags
+    ('\u{E0100}', '\u{E01EF}'), // variation selectors supplement
+];
+
+fn in_ranges(c: char, ranges: &[(char, char)]) -> bool {
+    ranges.iter().any(|&(low, high)| (low..=high).contains(&c))
+}
+
+/// Whether `c` is a bidirectional control (see [`check_displayable`]).
+pub fn is_bidi_control(c: char) -> bool {
+    in_ranges(c, BIDI_CONTROLS)
+}
+
+/// Refuses text that would display as something other than it is: control characters (line
+/// and paragraph separators included), bidirectional controls anywhere, or nothing visible at
+/// all. For every text a person types that others see (bidder names, auction titles).
+pub fn check_displayable(field: &'static str, text: &str) -> Result<(), ValidationError> {
+    if text.chars().any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}') {
+        return Err(ValidationError::new(field, "must not contain control characters (such as tab or newline)"));
+    }
+    if let Some(c) = text.chars().find(|&c| is_bidi_control(c)) {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "must not contain bidirectional control characters (found U+{:04X}; U+061C, U+200E, U+200F, \
+                 U+202A to U+202E and U+2066 to U+2069 are not allowed): they change how the text is displayed",
+                u32::from(c)
+            ),
+        ));
+    }
+    if text.chars().all(|c| c.is_whitespace() || in_ranges(c, INVISIBLE)) {
+        return Err(ValidationError::new(
+            field,
+            "must contain a visible character: invisible characters alone (such as zero-width spaces or Hangul fillers) are not allowed",
+        ));
+    }
+    Ok(())
+}
+
+/// The bidder's name: trimmed, 1 to 100 characters, shown as it is (see [`check_displayable`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct BidderName(String);
@@ -67,9 +135,7 @@ impl BidderName {
                 format!("is {chars} characters long; at most 100 are allowed"),
             ));
         }
-        if trimmed.chars().any(char::is_control) {
-            return Err(ValidationError::new("name", "must not contain control characters (such as tab or newline)"));
-        }
+        check_displayable("name", trimmed)?;
         Ok(Self(trimmed.to_owned()))
     }
 
@@ -234,6 +300,57 @@ mod tests {
         for bad in ["", "   ", "\t", "a\nb", "a\u{7}b", "a\u{85}b"] {
             let err = BidderName::parse(bad).unwrap_err();
             assert_eq!(err.field, "name", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn names_of_invisible_characters_only_are_refused_saying_so() {
+        for bad in [
+            "\u{200B}",
+            "\u{200B}\u{200C}\u{200D}",
+            "\u{2060}",
+            "\u{FEFF}",
+            "\u{FE0F}",
+            "\u{E0101}",
+            "\u{3164}",
+            "\u{3164}\u{3164}",
+            "\u{115F}\u{1160}",
+            "\u{FFA0}",
+            "\u{2800}",
+            "\u{00AD}",
+            "\u{200B} \u{200B}",
+            "\u{E0041}\u{E0064}\u{E0061}",
+        ] {
+            let err = BidderName::parse(bad).expect_err(bad);
+            assert_eq!(err.field, "name", "{bad:?}");
+            assert!(err.message.contains("invisible characters alone") || err.message.contains("is required"), "{bad:?}: {err}");
+        }
+        let err = BidderName::parse("\u{200B}\u{3164}").unwrap_err();
+        assert!(err.message.contains("visible character"), "{err}");
+    }
+
+    #[test]
+    fn names_with_bidirectional_controls_are_refused_naming_them() {
+        for bad in ["Ada\u{202E}evil", "\u{202A}Ada", "Ada\u{202C}", "\u{2066}Ada\u{2069}", "Ada\u{200E}", "Ada\u{200F}", "Ada\u{061C}", "\u{2067}x"] {
+            let err = BidderName::parse(bad).expect_err(bad);
+            assert_eq!(err.field, "name", "{bad:?}");
+            assert!(err.message.contains("bidirectional control characters"), "{bad:?}: {err}");
+        }
+        let err = BidderName::parse("gnp.\u{202E}exe").unwrap_err();
+        assert!(err.message.contains("U+202E"), "{err}");
+    }
+
+    #[test]
+    fn names_keep_the_invisible_characters_visible_text_needs() {
+        for good in ["\u{1F469}\u{200D}\u{1F4BB}", "\u{0915}\u{094D}\u{200D}\u{0937}", "\u{2764}\u{FE0F}", "Zoë", "O'Brien & Söhne", "\u{05D3}\u{05D5}\u{05D3}", "李小龍", "Ada\u{00A0}Lovelace"] {
+            assert!(BidderName::parse(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn line_and_paragraph_separators_count_as_control_characters() {
+        for bad in ["a\u{2028}b", "a\u{2029}b"] {
+            assert!(BidderName::parse(bad).unwrap_err().message.contains("control characters"), "{bad:?}");
         }
     }
 

@@ -3,6 +3,12 @@
 //! waits until every one of them is in MySQL and in the CSV, and prints:
 //! acked bids per second and latency percentiles at the API, and end-to-end bids per second
 //! into MySQL and into the CSV. Bounded in count and time; loopback only.
+//!
+//! Every bid must meet the auction's rules, so the bench creates its own auctions (one per
+//! request in flight, starting price and increment 0.01, open for a day, no anti-sniping) with
+//! the admin MySQL user, and each in-flight slot posts strictly increasing prices to its own
+//! auction, one after another. Bids refused by the rules (422, 409) are counted apart from
+//! the acked ones, never in the bids/s.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -21,10 +27,14 @@ async fn main() -> anyhow::Result<()> {
     let bids: usize = arg("bids", "20000").parse()?;
     let concurrency: usize = arg("concurrency", "64").parse()?;
     let database_url = arg("database-url", "mysql://analyst:analyst@127.0.0.1:3306/auction");
+    // The stack's admin user (scripts/stack.sh), which may create auctions.
+    let admin_password = std::env::var("ADMIN_DB_PASSWORD").unwrap_or_else(|_| "auction_admin".to_owned());
+    let admin_database_url = arg("admin-database-url", &format!("mysql://auction_admin:{admin_password}@127.0.0.1:3306/auction"));
     let csv = PathBuf::from(arg("csv", "data/bids.csv"));
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
-    let endpoint = format!("{url}/api/auctions/1/bids");
+    let concurrency = concurrency.clamp(1, bids.max(1));
+    let auctions = create_auctions(&admin_database_url, &run, concurrency).await?;
 
     // The checks below look only at what is new since now, so that polling a large table or
     // file does not take CPU from the system being measured.
@@ -32,27 +42,39 @@ async fn main() -> anyhow::Result<()> {
     let first_id: u64 = pool.get_conn().await?.query_first("SELECT COALESCE(MAX(id), 0) FROM bid").await?.unwrap_or(0);
     let csv_start = std::fs::metadata(&csv).map(|m| m.len()).unwrap_or(0);
 
-    println!("posting {bids} bids to {endpoint}, {concurrency} in flight (run {run})");
+    println!(
+        "posting {bids} bids to {url}/api/auctions/{{{}..={}}}/bids, {concurrency} in flight, one auction each (run {run})",
+        auctions[0],
+        auctions[auctions.len() - 1]
+    );
     let start = Instant::now();
-    let results: Vec<(u16, Duration)> = stream::iter(0..bids)
-        .map(|i| {
-            let client = client.clone();
-            let endpoint = endpoint.clone();
-            let body = serde_json::json!({"name": format!("bench-{run}-{i}"), "price": format!("{}.{:02}", 1 + i % 1000, i % 100)});
+    // Slot k posts bids k, k + concurrency, ... to its own auction, each one cent above the last.
+    let results: Vec<(u16, Duration)> = stream::iter(auctions.iter().copied().enumerate())
+        .map(|(slot, auction)| {
+            let (client, run) = (client.clone(), run.clone());
+            let endpoint = format!("{url}/api/auctions/{auction}/bids");
             async move {
-                let sent = Instant::now();
-                let status = match client.post(&endpoint).json(&body).send().await {
-                    Ok(r) => r.status().as_u16(),
-                    Err(_) => 0,
-                };
-                (status, sent.elapsed())
+                let mut results = Vec::new();
+                for (n, i) in (slot..bids).step_by(concurrency).enumerate() {
+                    let cents = n + 1;
+                    let body = serde_json::json!({"name": format!("bench-{run}-{i}"), "price": format!("{}.{:02}", cents / 100, cents % 100)});
+                    let sent = Instant::now();
+                    let status = match client.post(&endpoint).json(&body).send().await {
+                        Ok(r) => r.status().as_u16(),
+                        Err(_) => 0,
+                    };
+                    results.push((status, sent.elapsed()));
+                }
+                results
             }
         })
         .buffer_unordered(concurrency)
+        .flat_map(stream::iter)
         .collect()
         .await;
     let api_elapsed = start.elapsed();
     let accepted = results.iter().filter(|(s, _)| *s == 202).count();
+    let refused = results.iter().filter(|(s, _)| matches!(*s, 409 | 422)).count();
     let mut latencies: Vec<Duration> = results.iter().map(|(_, d)| *d).collect();
     latencies.sort_unstable();
     let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
@@ -64,10 +86,14 @@ async fn main() -> anyhow::Result<()> {
         pct(0.99).as_secs_f64() * 1e3,
         pct(1.0).as_secs_f64() * 1e3,
     );
-    if accepted < bids {
-        let mut other: Vec<u16> = results.iter().map(|(s, _)| *s).filter(|s| *s != 202).collect();
+    if refused > 0 {
+        println!("       {refused} refused by the auction rules (409/422): not counted above");
+    }
+    if accepted + refused < bids {
+        let mut other: Vec<u16> = results.iter().map(|(s, _)| *s).filter(|s| !matches!(*s, 202 | 409 | 422)).collect();
+        other.sort_unstable();
         other.dedup();
-        println!("       other statuses: {other:?}");
+        println!("       other statuses (0 = no answer): {other:?}");
     }
 
     let pattern = format!("bench-{run}-%");
@@ -105,6 +131,25 @@ async fn main() -> anyhow::Result<()> {
     }
     pool.disconnect().await?;
     Ok(())
+}
+
+/// Creates `count` open auctions for the run; returns their ids.
+async fn create_auctions(admin_database_url: &str, run: &str, count: usize) -> anyhow::Result<Vec<u64>> {
+    let pool = mysql_async::Pool::new(admin_database_url);
+    let mut conn = pool.get_conn().await?;
+    let mut ids = Vec::with_capacity(count);
+    for slot in 0..count {
+        conn.exec_drop(
+            "INSERT INTO auction (title, description, starting_price, min_increment, ends_at, extend_seconds)
+             VALUES (?, 'created by pipeline_bench', 0.01, 0.01, UTC_TIMESTAMP(6) + INTERVAL 1 DAY, 0)",
+            (format!("bench {run} slot {slot}"),),
+        )
+        .await?;
+        ids.push(conn.last_insert_id().ok_or_else(|| anyhow::anyhow!("MySQL gave no id for the new auction"))?);
+    }
+    drop(conn);
+    pool.disconnect().await?;
+    Ok(ids)
 }
 
 /// The complete lines appended to `path` since byte `from`, and where they end.

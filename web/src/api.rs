@@ -1,14 +1,22 @@
-//! The JSON API and the health endpoints: adapters over [`crate::bidding`] and the store.
+//! The JSON API and the health endpoints: adapters over [`crate::bidding`], the board and
+//! the store. Auctions are read from the board (memory), never from MySQL per request.
+//!
+//! Money is a string with 2 decimals; times are RFC 3339 UTC with microseconds.
 
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use auction_common::auction::{Leader, Outcome};
+use auction_common::domain::{format_ts, now_micros};
 use auction_common::{BidId, ValidationError};
+use chrono::{DateTime, Utc};
 use rdkafka::producer::Producer;
-use serde::Deserialize;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, value::RawValue};
 
 use crate::bidding::{parse_auction_id, BidRequest, BidStatus};
+use crate::board::{cents, AuctionView, RECENT_BIDS_MAX};
 use crate::error::ApiError;
 use crate::idempotency::IdempotencyKey;
 use crate::state::SharedState;
@@ -76,11 +84,120 @@ pub async fn get_bid(state: SharedState, path: web::Path<String>) -> Result<Http
     }
 }
 
+/// A bid as the auction API shows it (the leading bid, or the winner).
+#[derive(Serialize)]
+struct BidJson {
+    name: String,
+    price: String,
+    bid_ts: String,
+}
+
+impl From<&Leader> for BidJson {
+    fn from(l: &Leader) -> Self {
+        Self { name: l.name.as_str().to_owned(), price: money(l.price.get()), bid_ts: format_ts(&l.bid_ts) }
+    }
+}
+
+/// One auction in `GET /api/auctions/{id}` and `GET /api/auctions`.
+#[derive(Serialize)]
+struct AuctionJson {
+    id: u64,
+    title: String,
+    description: String,
+    /// "open" until the end in force, then "closed".
+    status: &'static str,
+    starting_price: String,
+    min_increment: String,
+    /// The reserve itself is not shown, only whether there is one and whether the highest bid meets it.
+    has_reserve: bool,
+    reserve_met: bool,
+    /// The end in force: after anti-sniping extensions, or when an operator closed it.
+    ends_at: String,
+    extend_seconds: u32,
+    /// Null once closed.
+    minimum_next_bid: Option<String>,
+    highest_bid: Option<BidJson>,
+    bid_count: u64,
+    last_bid_ts: Option<String>,
+    server_time: String,
+    /// Only once closed: the winning bid, or null with `no_winner_reason`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    winner: Option<Option<BidJson>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    no_winner_reason: Option<&'static str>,
+}
+
+fn money(amount: Decimal) -> String {
+    cents(amount).to_string()
+}
+
+impl AuctionJson {
+    fn new(view: &AuctionView, now: DateTime<Utc>) -> Self {
+        let (rules, standing) = (&view.rules, &view.standing);
+        let highest = standing.highest.as_ref();
+        let outcome = view.outcome(now);
+        let (winner, no_winner_reason) = match &outcome {
+            None => (None, None),
+            Some(Outcome::Winner(w)) => (Some(Some(BidJson::from(w))), None),
+            Some(Outcome::NoBids) => (Some(None), Some("no bids")),
+            Some(Outcome::ReserveNotMet { .. }) => (Some(None), Some("reserve not met")),
+        };
+        Self {
+            id: view.id.get(),
+            title: view.title.clone(),
+            description: view.description.clone(),
+            status: if outcome.is_none() { "open" } else { "closed" },
+            starting_price: money(rules.starting_price.get()),
+            min_increment: money(rules.min_increment),
+            has_reserve: rules.reserve_price.is_some(),
+            reserve_met: rules.reserve_price.is_none_or(|reserve| highest.is_some_and(|h| h.price >= reserve)),
+            ends_at: format_ts(&view.ends_at()),
+            extend_seconds: rules.extend_seconds,
+            minimum_next_bid: outcome.is_none().then(|| money(view.minimum_next_bid())),
+            highest_bid: highest.map(BidJson::from),
+            bid_count: standing.bid_count,
+            last_bid_ts: standing.last_bid_ts.as_ref().map(format_ts),
+            server_time: format_ts(&now),
+            winner,
+            no_winner_reason,
+        }
+    }
+}
+
+/// One auction as the board holds it: the stored standing plus this process's acked bids.
 pub async fn get_auction(state: SharedState, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = parse_auction_id(&path)?;
-    let view = state.store.auction_view(id).await.map_err(ApiError::database)?;
+    let view = state.board.find_auction(id).await.map_err(ApiError::database)?;
     let view = view.ok_or_else(|| ApiError::NotFound(id.to_string()))?;
-    Ok(HttpResponse::Ok().json(view))
+    Ok(HttpResponse::Ok().json(AuctionJson::new(&view, now_micros())))
+}
+
+/// `GET /api/auctions/{id}/bids`: the auction's latest bids (at most 20), newest first,
+/// this process's acked bids included.
+pub async fn recent_bids(state: SharedState, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = parse_auction_id(&path)?;
+    state.board.find_auction(id).await.map_err(ApiError::database)?.ok_or_else(|| ApiError::NotFound(id.to_string()))?;
+    let bids = state.board.recent_bids(id, RECENT_BIDS_MAX).await.map_err(ApiError::database)?;
+    let bids: Vec<serde_json::Value> = bids
+        .iter()
+        .map(|b| json!({ "bid_id": b.bid_id, "name": b.name, "price": money(b.price.get()), "bid_ts": format_ts(&b.bid_ts) }))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "auction_id": id, "bids": bids })))
+}
+
+/// `GET /api/auctions`; serialized as it is (not through `json!`, which would build a map per
+/// auction first and cost more than everything else the request does).
+#[derive(Serialize)]
+struct AuctionList {
+    auctions: Vec<AuctionJson>,
+    server_time: String,
+}
+
+/// Every auction: open first (soonest end first), then closed (latest end first).
+pub async fn list_auctions(state: SharedState) -> HttpResponse {
+    let now = now_micros();
+    let auctions = state.board.auctions().iter().map(|view| AuctionJson::new(view, now)).collect();
+    HttpResponse::Ok().json(AuctionList { auctions, server_time: format_ts(&now) })
 }
 
 pub async fn healthz() -> HttpResponse {
@@ -116,11 +233,14 @@ pub async fn readyz(state: SharedState) -> HttpResponse {
     let (kafka, registry, mysql) = tokio::join!(kafka, registry, mysql);
     let ready = kafka.is_ok() && registry.is_ok() && mysql.is_ok();
     let show = |r: Result<(), String>| r.err().unwrap_or_else(|| "ok".to_owned());
+    // Informational: a board not refreshed lately is served on, as the last snapshot.
+    let board = state.board.age().map_or("no snapshot loaded yet".to_owned(), |age| format!("snapshot {} ms old", age.as_millis()));
     let body = json!({
         "status": if ready { "ready" } else { "unavailable" },
         "kafka": show(kafka),
         "schema_registry": show(registry),
         "mysql": show(mysql),
+        "board": board,
     });
     if ready {
         HttpResponse::Ok().json(body)

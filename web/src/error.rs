@@ -2,6 +2,7 @@
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
+use auction_common::auction::Refusal;
 use auction_common::{BidId, ValidationError};
 use serde_json::json;
 
@@ -19,8 +20,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("bid {0} not found: this site process did not accept it and it is not in the auction database")]
     BidNotFound(BidId),
-    #[error("auction {0} is closed and takes no more bids")]
-    Closed(String),
+    /// Refused by the auction's rules: closed (409), or a price below the minimum (422).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     #[error("Idempotency-Key: an earlier request with this key is still being processed; retry in a moment")]
     KeyInFlight,
     #[error("Idempotency-Key: this key was used for a different bid (another auction, name or price); use a new key for a new bid")]
@@ -55,6 +57,17 @@ impl ApiError {
         }
     }
 
+    /// The input field the error is about, if one: a form shows the message beside it.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            ApiError::Invalid(e) => Some(e.field),
+            ApiError::BadBody(_) => Some("body"),
+            ApiError::Refused(Refusal::TooLow { .. }) => Some("price"),
+            ApiError::KeyInFlight | ApiError::KeyReused => Some(IdempotencyKey::HEADER),
+            _ => None,
+        }
+    }
+
     pub fn database(e: StoreError) -> Self {
         log::warn!("MySQL unavailable: {e}");
         ApiError::Unavailable("the auction database cannot be reached".into())
@@ -66,8 +79,8 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Invalid(_) | ApiError::BadBody(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) | ApiError::BidNotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Closed(_) | ApiError::KeyInFlight => StatusCode::CONFLICT,
-            ApiError::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Refused(Refusal::Closed { .. }) | ApiError::KeyInFlight => StatusCode::CONFLICT,
+            ApiError::Refused(Refusal::TooLow { .. }) | ApiError::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) | ApiError::Busy(_) | ApiError::OutcomeUnknown { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -78,13 +91,16 @@ impl ResponseError for ApiError {
         if matches!(self, ApiError::Unavailable(_) | ApiError::Busy(_) | ApiError::OutcomeUnknown { .. } | ApiError::KeyInFlight) {
             response.insert_header((header::RETRY_AFTER, "1"));
         }
-        let body = match self {
-            ApiError::Invalid(e) => json!({ "error": self.to_string(), "field": e.field }),
-            ApiError::BadBody(_) => json!({ "error": self.to_string(), "field": "body" }),
-            ApiError::KeyInFlight | ApiError::KeyReused => json!({ "error": self.to_string(), "field": IdempotencyKey::HEADER }),
-            ApiError::OutcomeUnknown { bid_id, .. } => json!({ "error": self.to_string(), "bid_id": bid_id }),
-            _ => json!({ "error": self.to_string() }),
-        };
+        let mut body = json!({ "error": self.to_string() });
+        if let Some(field) = self.field() {
+            body["field"] = field.into();
+        }
+        match self {
+            // The smallest price that would have been accepted, as a string with 2 decimals.
+            ApiError::Refused(Refusal::TooLow { minimum, .. }) => body["minimum"] = minimum.to_string().into(),
+            ApiError::OutcomeUnknown { bid_id, .. } => body["bid_id"] = bid_id.to_string().into(),
+            _ => {}
+        }
         response.json(body)
     }
 }

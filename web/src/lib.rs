@@ -2,16 +2,20 @@
 //! to Kafka; the bidder is told "accepted" only after the broker acked it. The site never
 //! writes MySQL: it reads auctions and highest bids from it.
 
+mod admin;
 mod api;
 mod bidding;
+mod board;
 mod bounded;
 mod error;
 mod idempotency;
 mod pages;
 mod publish;
+mod security;
 mod startup;
 mod state;
 mod store;
 mod templates;
 
+pub use security::SecurityConfig;
 pub use startup::{Application, Limits, StopHandle, WebConfig};

@@ -10,10 +10,13 @@ use auction_common::{db, kafka, registry::BidEncoder};
 use tokio::sync::watch;
 
 use crate::bidding::{Bidding, BiddingLimits};
+use crate::board::{Board, BoardSettings};
 use crate::publish::BidPublisher;
 use crate::state::{AppState, Readiness};
 use crate::store::{Store, StoreTimeouts};
 use crate::templates::Templates;
+use crate::admin::{self, Admin, AuctionWriter};
+use crate::security::{self, FrontDoor, SecurityConfig};
 use crate::{api, pages};
 
 /// Settings of the site. Every one is also an environment variable.
@@ -37,6 +40,8 @@ pub struct WebConfig {
     pub database: DatabaseConfig,
     #[command(flatten)]
     pub limits: Limits,
+    #[command(flatten)]
+    pub security: SecurityConfig,
 }
 
 const DEFAULT_MAX_BIDS_IN_FLIGHT: usize = 10_000;
@@ -45,6 +50,7 @@ const DEFAULT_IDEMPOTENCY_KEY_TTL_SECS: u64 = 86_400;
 const DEFAULT_ACKED_BIDS_MAX: usize = 100_000;
 const DEFAULT_DATABASE_TIMEOUT_MS: u64 = 3_000;
 const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 10;
+const DEFAULT_STANDING_REFRESH_MS: u64 = 1_000;
 
 /// The bounds on memory and time the site keeps whatever Kafka, MySQL or the bidders do.
 #[derive(clap::Args, Debug, Clone)]
@@ -78,6 +84,16 @@ pub struct Limits {
     #[arg(long = "shutdown-timeout-secs", env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT_SECS,
           value_parser = clap::value_parser!(u64).range(3..))]
     pub shutdown_timeout_secs: u64,
+    /// How often the auction board (every auction with its stored standing, what pages and the
+    /// API show and bids are checked against) is re-read from MySQL: how stale it may be,
+    /// besides this process's own bids, which show at once.
+    #[arg(long = "standing-refresh-ms", env = "STANDING_REFRESH_MS", default_value_t = DEFAULT_STANDING_REFRESH_MS,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    pub standing_refresh_ms: u64,
+    /// Log one line per request (`ACCESS_LOG=false` for load tests: the line costs more than
+    /// serving a page from the board).
+    #[arg(long = "access-log", env = "ACCESS_LOG", default_value_t = true, action = clap::ArgAction::Set)]
+    pub access_log: bool,
 }
 
 impl Default for Limits {
@@ -91,6 +107,8 @@ impl Default for Limits {
             database_connect_timeout_ms: DEFAULT_DATABASE_TIMEOUT_MS,
             database_query_timeout_ms: DEFAULT_DATABASE_TIMEOUT_MS,
             shutdown_timeout_secs: DEFAULT_SHUTDOWN_TIMEOUT_SECS,
+            standing_refresh_ms: DEFAULT_STANDING_REFRESH_MS,
+            access_log: true,
         }
     }
 }
@@ -140,30 +158,57 @@ impl Application {
         };
         // The runtime `build` runs on (the binary's main one) serves MySQL to every worker.
         let store = Arc::new(Store::new(pool, timeouts, tokio::runtime::Handle::current()));
+        let board = Arc::new(Board::new(
+            Arc::clone(&store),
+            BoardSettings { refresh: Duration::from_millis(limits.standing_refresh_ms), pending_max: limits.acked_bids_max },
+        ));
+        // On the main runtime, like the store; it ends once the board is dropped.
+        board.spawn_refresh();
         let publisher = BidPublisher::new(producer, encoder, config.kafka.topic.clone());
         let bidding_limits = BiddingLimits {
             max_bids_in_flight: limits.max_bids_in_flight,
             idempotency_keys_max: limits.idempotency_keys_max,
             idempotency_key_ttl: Duration::from_secs(limits.idempotency_key_ttl_secs),
             acked_bids_max: limits.acked_bids_max,
+            turn_wait: delivery_timeout,
         };
         let state = web::Data::new(AppState {
-            bidding: Arc::new(Bidding::new(Arc::clone(&store), publisher, &bidding_limits)),
+            bidding: Arc::new(Bidding::new(Arc::clone(&store), Arc::clone(&board), publisher, &bidding_limits)),
+            board,
             store,
             templates: Templates::new().context("Failed to load the templates")?,
             readiness: Readiness { kafka: config.kafka.clone(), registry_url: config.registry.url.clone(), http },
         });
         prepare_in_background(state.clone(), config.kafka.clone());
+        let front_door = web::Data::new(FrontDoor::new(&config.security));
+        // Creating auctions is rare: two connections of its own are plenty.
+        let admin_pool = db::pool(&DatabaseConfig { max_connections: 2, ..config.database.clone() })
+            .with_context(|| format!("Invalid DATABASE_URL {}", config.database.redacted_url()))?;
+        let writer = AuctionWriter::new(
+            admin_pool,
+            Duration::from_millis(limits.database_connect_timeout_ms),
+            Duration::from_millis(limits.database_query_timeout_ms),
+            tokio::runtime::Handle::current(),
+        );
+        let admin = web::Data::new(Admin::new(&config.security.admin_token, writer));
 
         let listener = TcpListener::bind(&config.bind_addr).with_context(|| format!("Failed to bind {}", config.bind_addr))?;
         let address = listener.local_addr()?;
         let app_state = state.clone();
+        let access_log = limits.access_log;
         let (stop, mut stopped) = watch::channel(false);
         let drain = Duration::from_secs(limits.shutdown_timeout_secs).saturating_sub(FLUSH_RESERVE).max(Duration::from_secs(1));
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
-                .wrap(middleware::Logger::new("%a \"%r\" %s %Dms").exclude("/healthz").exclude("/readyz"))
+                .app_data(front_door.clone())
+                .app_data(admin.clone())
+                .wrap(middleware::from_fn(security::limit_body))
+                .wrap(security::headers())
+                .wrap(middleware::Condition::new(
+                    access_log,
+                    middleware::Logger::new("%a \"%r\" %s %Dms").exclude("/healthz").exclude("/readyz"),
+                ))
                 .configure(routes)
         })
         // actix-server stops gracefully on SIGTERM but abruptly on SIGINT (Ctrl-C), dropping
@@ -229,9 +274,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::FormConfig::default().limit(16 * 1024))
         .app_data(web::PayloadConfig::default().limit(16 * 1024))
         .route("/", web::get().to(pages::home))
-        .route("/auctions/{id}/bids", web::post().to(pages::place_bid))
+        .route("/auctions/{id}", web::get().to(pages::auction))
+        .service(web::resource("/auctions/{id}/bids").wrap(middleware::from_fn(security::limit_bids)).route(web::post().to(pages::place_bid)))
+        .route("/static/site.css", web::get().to(pages::stylesheet))
+        .route("/static/site.js", web::get().to(pages::script))
+        .route("/admin", web::get().to(admin::page))
+        .route("/admin/auctions", web::post().to(admin::create_from_form))
+        .route("/api/auctions", web::post().to(admin::create_auction))
+        .route("/api/auctions", web::get().to(api::list_auctions))
         .route("/api/auctions/{id}", web::get().to(api::get_auction))
-        .route("/api/auctions/{id}/bids", web::post().to(api::place_bid))
+        // Before the POST resource: a resource without a method guard answers 405 to any other method.
+        .route("/api/auctions/{id}/bids", web::get().to(api::recent_bids))
+        .service(web::resource("/api/auctions/{id}/bids").wrap(middleware::from_fn(security::limit_bids)).route(web::post().to(api::place_bid)))
         .route("/api/bids/{bid_id}", web::get().to(api::get_bid))
         .route("/healthz", web::get().to(api::healthz))
         .route("/readyz", web::get().to(api::readyz));

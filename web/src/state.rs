@@ -6,11 +6,14 @@ use actix_web::web;
 use auction_common::config::KafkaConfig;
 
 use crate::bidding::Bidding;
+use crate::board::Board;
 use crate::store::Store;
 use crate::templates::Templates;
 
 pub struct AppState {
     pub bidding: Arc<Bidding>,
+    /// Every auction with its standing, served from memory: what pages and the API read.
+    pub board: Arc<Board>,
     pub store: Arc<Store>,
     pub templates: Templates,
     pub readiness: Readiness,

@@ -1,46 +1,26 @@
-//! Reads from MySQL: auctions and their highest bids. The site never writes bids there.
+//! Reads from MySQL: the auction board's snapshot (every auction with its stored standing, in
+//! one query), one auction looked up directly, an auction's latest bids, and one bid by id.
+//! The site never writes there.
 //!
 //! Every read is bounded in time: getting a connection (waiting for the pool, or opening one:
 //! TCP and handshake) and then the query each have a limit, so a MySQL that accepts
 //! connections but never answers costs a request a 503 after a few seconds, not a hang.
 //! mysql_async has no socket timeouts of its own, hence the limits here.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::RwLock;
 use std::time::Duration;
 
-use auction_common::domain::{format_ts, AuctionId, BidId};
+use auction_common::auction::{AuctionRules, Standing};
+use auction_common::auction_db::{self, RulesRow, StandingRow, RULES_COLUMNS, STANDING_COLUMNS};
+use auction_common::domain::{format_ts, AuctionId, Bid, BidId, BidderName, Price};
 use chrono::{NaiveDateTime, TimeZone, Utc};
-use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Pool};
+use mysql_async::prelude::{FromValue, Queryable};
+use mysql_async::{Conn, Pool, Row, TxOpts, Value};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use tokio::runtime::Handle;
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Auction {
-    pub id: u64,
-    pub title: String,
-    pub open: bool,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct HighestBid {
-    pub name: String,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub price: Decimal,
-    pub bid_ts: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct AuctionView {
-    pub id: u64,
-    pub title: String,
-    pub highest_bid: Option<HighestBid>,
-    pub bid_count: u64,
-}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StoredBid {
@@ -62,6 +42,9 @@ pub enum StoreError {
     Mysql(#[from] mysql_async::Error),
     #[error("the MySQL call was cut short: {0}")]
     Interrupted(String),
+    /// What a call made meanwhile for the same answer met (the board's refresh).
+    #[error("{0}")]
+    Shared(String),
 }
 
 /// How long each step of a read may take.
@@ -77,30 +60,64 @@ pub struct Store {
     pool: Pool,
     timeouts: StoreTimeouts,
     runtime: Handle,
-    /// Open auctions already seen. Bids check their auction here first, so the hot path does
-    /// not touch MySQL; an id not in it is looked up (new auctions work at once).
-    known: RwLock<HashMap<u64, Auction>>,
 }
 
-/// The highest bid of one auction: greatest price, earliest bid on a tie (index ix_bid_auction_highest).
-const VIEW_SQL: &str = "SELECT a.id, a.title, h.name, h.price, h.bid_ts,
-        (SELECT COUNT(*) FROM bid c WHERE c.auction_id = a.id) AS bid_count
-   FROM auction a
-   LEFT JOIN bid h ON h.id = (SELECT b.id FROM bid b WHERE b.auction_id = a.id
-                              ORDER BY b.price DESC, b.bid_ts ASC, b.id ASC LIMIT 1)";
+/// An auction as MySQL holds it: its texts, its rules and its stored standing (what the
+/// db-writer recorded; bids acked but not yet written are not in it).
+#[derive(Debug, Clone)]
+pub struct AuctionRecord {
+    pub title: String,
+    pub description: String,
+    pub rules: AuctionRules,
+    pub standing: Standing,
+}
 
-type ViewRow = (u64, String, Option<String>, Option<Decimal>, Option<NaiveDateTime>, u64);
+/// What one refresh of the board reads, all in one consistent snapshot of the database.
+pub struct BoardSnapshot {
+    pub auctions: Vec<AuctionRecord>,
+    /// Of the pending bid ids asked about, those the db-writer has recorded.
+    pub recorded: HashSet<BidId>,
+}
+
+/// The auction and its standing in one row; a LEFT JOIN because an auction has no standing
+/// row until its first bid is recorded.
+fn auction_sql() -> String {
+    format!("SELECT a.title, a.description, {RULES_COLUMNS}, {STANDING_COLUMNS} FROM auction a LEFT JOIN auction_standing s ON s.auction_id = a.id")
+}
+
+/// Pending ids are asked about this many at a time, so no statement grows without bound.
+const RECORDED_IDS_PER_QUERY: usize = 1000;
+
+fn column<T: FromValue>(row: &mut Row, index: usize) -> Result<T, String> {
+    match row.take_opt::<T, usize>(index) {
+        Some(Ok(value)) => Ok(value),
+        Some(Err(e)) => Err(format!("column {index}: {e}")),
+        None => Err(format!("column {index} is missing")),
+    }
+}
+
+fn record_from_row(mut row: Row) -> Result<AuctionRecord, String> {
+    let title: String = column(&mut row, 0)?;
+    let description: String = column(&mut row, 1)?;
+    let rules: RulesRow =
+        (column(&mut row, 2)?, column(&mut row, 3)?, column(&mut row, 4)?, column(&mut row, 5)?, column(&mut row, 6)?, column(&mut row, 7)?, column(&mut row, 8)?);
+    let standing: StandingRow =
+        (column(&mut row, 9)?, column(&mut row, 10)?, column(&mut row, 11)?, column(&mut row, 12)?, column(&mut row, 13)?, column(&mut row, 14)?, column(&mut row, 15)?);
+    let rules = auction_db::rules_from_row(rules).map_err(|e| e.to_string())?;
+    let standing = auction_db::standing_from_row(&rules, standing).map_err(|e| e.to_string())?;
+    Ok(AuctionRecord { title, description, rules, standing })
+}
+
+/// Rows that do not make a valid auction (edited by hand past the rules) are left out, loudly:
+/// one bad row must not take the whole board down.
+fn records(rows: Vec<Row>) -> Vec<AuctionRecord> {
+    rows.into_iter()
+        .filter_map(|row| record_from_row(row).map_err(|e| log::error!("an auction row is left off the board: {e}")).ok())
+        .collect()
+}
 
 fn utc(ts: NaiveDateTime) -> String {
     format_ts(&Utc.from_utc_datetime(&ts))
-}
-
-fn to_view((id, title, name, price, bid_ts, bid_count): ViewRow) -> AuctionView {
-    let highest_bid = match (name, price, bid_ts) {
-        (Some(name), Some(price), Some(ts)) => Some(HighestBid { name, price, bid_ts: utc(ts) }),
-        _ => None,
-    };
-    AuctionView { id, title, highest_bid, bid_count }
 }
 
 /// One MySQL call: given a connection, the query's future.
@@ -109,7 +126,7 @@ type Query<T> = Box<dyn for<'c> FnOnce(&'c mut Conn) -> Pin<Box<dyn Future<Outpu
 impl Store {
     /// `runtime` runs every MySQL call (see [`Store::call`]): it must outlive the HTTP workers.
     pub fn new(pool: Pool, timeouts: StoreTimeouts, runtime: Handle) -> Self {
-        Self { pool, timeouts, runtime, known: RwLock::new(HashMap::new()) }
+        Self { pool, timeouts, runtime }
     }
 
     /// Runs one query on a pooled connection, each step within its timeout.
@@ -142,32 +159,67 @@ impl Store {
         self.call(Box::new(|conn| Box::pin(conn.ping()))).await
     }
 
-    /// The auction, if it exists.
-    pub async fn auction(&self, id: AuctionId) -> Result<Option<Auction>, StoreError> {
-        if let Some(a) = self.known.read().ok().and_then(|k| k.get(&id.get()).cloned()) {
-            return Ok(Some(a));
-        }
-        let row: Option<(u64, String, bool)> = self
-            .call(Box::new(move |conn| Box::pin(conn.exec_first("SELECT id, title, closed_at IS NULL FROM auction WHERE id = ?", (id.get(),)))))
+    /// Every auction with its stored standing, and which of `pending()` (bid ids acked by this
+    /// process) the db-writer has recorded, both read in one consistent snapshot: a bid is in
+    /// the stored standing exactly when it is in `recorded`, so the board counts it once.
+    /// `pending` is called once the snapshot is established, so a bid acked before then is
+    /// asked about in the same snapshot.
+    pub async fn board_snapshot(&self, pending: impl FnOnce() -> Vec<BidId> + Send + 'static) -> Result<BoardSnapshot, StoreError> {
+        self.call(Box::new(move |conn| {
+            Box::pin(async move {
+                let mut opts = TxOpts::default();
+                opts.with_consistent_snapshot(true).with_readonly(true);
+                let mut tx = conn.start_transaction(opts).await?;
+                let rows: Vec<Row> = tx.query(auction_sql()).await?;
+                let pending = pending();
+                let mut recorded = HashSet::new();
+                for chunk in pending.chunks(RECORDED_IDS_PER_QUERY) {
+                    let ids: Vec<Value> = chunk.iter().map(|id| id.to_string().into()).collect();
+                    let marks = vec!["?"; ids.len()].join(",");
+                    let found: Vec<String> = tx.exec(format!("SELECT bid_id FROM bid WHERE bid_id IN ({marks})"), ids).await?;
+                    recorded.extend(found.iter().filter_map(|id| BidId::parse(id).ok()));
+                }
+                tx.commit().await?;
+                Ok(BoardSnapshot { auctions: records(rows), recorded })
+            })
+        }))
+        .await
+    }
+
+    /// One auction and its stored standing, if it exists.
+    pub async fn auction(&self, id: AuctionId) -> Result<Option<AuctionRecord>, StoreError> {
+        let rows: Vec<Row> =
+            self.call(Box::new(move |conn| Box::pin(conn.exec(format!("{} WHERE a.id = ?", auction_sql()), (id.get(),))))).await?;
+        Ok(records(rows).into_iter().next())
+    }
+
+    /// The auction's latest `limit` bids as stored, newest first. Reads the newest end of index
+    /// ix_bid_auction_ts (auction_id, bid_ts, then the primary key), so it costs the same
+    /// however many bids the auction has.
+    pub async fn latest_bids(&self, id: AuctionId, limit: usize) -> Result<Vec<Bid>, StoreError> {
+        let rows: Vec<(String, String, Decimal, NaiveDateTime)> = self
+            .call(Box::new(move |conn| {
+                Box::pin(conn.exec(
+                    "SELECT bid_id, name, price, bid_ts FROM bid WHERE auction_id = ? ORDER BY bid_ts DESC, id DESC LIMIT ?",
+                    (id.get(), limit as u64),
+                ))
+            }))
             .await?;
-        let found = row.map(|(id, title, open)| Auction { id, title, open });
-        if let (Some(a), Ok(mut known)) = (found.as_ref().filter(|a| a.open), self.known.write()) {
-            known.insert(a.id, a.clone());
-        }
-        Ok(found)
-    }
-
-    pub async fn auction_view(&self, id: AuctionId) -> Result<Option<AuctionView>, StoreError> {
-        let row: Option<ViewRow> =
-            self.call(Box::new(move |conn| Box::pin(conn.exec_first(format!("{VIEW_SQL} WHERE a.id = ?"), (id.get(),))))).await?;
-        Ok(row.map(to_view))
-    }
-
-    /// The open auctions, oldest first.
-    pub async fn open_auctions(&self) -> Result<Vec<AuctionView>, StoreError> {
-        let rows: Vec<ViewRow> =
-            self.call(Box::new(|conn| Box::pin(conn.query(format!("{VIEW_SQL} WHERE a.closed_at IS NULL ORDER BY a.id LIMIT 200"))))).await?;
-        Ok(rows.into_iter().map(to_view).collect())
+        Ok(rows
+            .into_iter()
+            .filter_map(|(bid_id, name, price, ts)| {
+                let bid = (|| {
+                    Ok::<_, auction_common::ValidationError>(Bid {
+                        bid_id: BidId::parse(&bid_id)?,
+                        auction_id: id,
+                        name: BidderName::parse(&name)?,
+                        price: Price::new(price)?,
+                        bid_ts: auction_db::utc(ts),
+                    })
+                })();
+                bid.map_err(|e| log::error!("bid {bid_id} of auction {id} is not shown, its row is not a valid bid: {e}")).ok()
+            })
+            .collect())
     }
 
     /// A bid as the db-writer stored it, if it has been written yet.

@@ -4,6 +4,9 @@
 use tera::{Context, Tera};
 
 pub const INDEX: &str = "index.html";
+pub const AUCTION: &str = "auction.html";
+pub const ADMIN: &str = "admin.html";
+pub const MESSAGE: &str = "message.html";
 
 pub struct Templates {
     tera: Tera,
@@ -12,7 +15,15 @@ pub struct Templates {
 impl Templates {
     pub fn new() -> Result<Self, tera::Error> {
         let mut tera = Tera::new();
-        tera.add_raw_template(INDEX, include_str!("../../templates/index.html"))?;
+        // Added together: the pages extend base.html and include bids.html.
+        tera.add_raw_templates([
+            ("base.html", include_str!("../../templates/base.html")),
+            ("bids.html", include_str!("../../templates/bids.html")),
+            (INDEX, include_str!("../../templates/index.html")),
+            (AUCTION, include_str!("../../templates/auction.html")),
+            (ADMIN, include_str!("../../templates/admin.html")),
+            (MESSAGE, include_str!("../../templates/message.html")),
+        ])?;
         Ok(Self { tera })
     }
 
