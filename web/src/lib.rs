@@ -1,6 +1,7 @@
 //! The bidding site. A bid is validated, Avro-encoded with the registered schema and produced
 //! to Kafka; the bidder is told "accepted" only after the broker acked it. The site never
-//! writes MySQL: it reads auctions and highest bids from it.
+//! writes a bid to MySQL: it reads auctions and their standings from it (the board), and
+//! writes only the auctions an operator creates through the admin API.
 
 mod admin;
 mod api;
