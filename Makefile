@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test up down stack-up stack-down status build release migrate bench chaos check-toolchain
+.PHONY: run test up down stack-up stack-down status build release migrate bench bench-live chaos check-toolchain
 
 ## run: build, start the stack, the site on http://127.0.0.1:8080, 2 db-writers and a file-backup (Ctrl-C stops all)
 run: release
@@ -39,6 +39,11 @@ release: check-toolchain
 ## bench: load the running system (make up) and print bids/s at the API and end to end
 bench: up
 	$(CARGO) run --release --locked -p auction-tests --example pipeline_bench -- $(BENCH_ARGS)
+
+## bench-live: on the running system (make up): time from each bid's 202 to its line on /dashboard in Chromium (50 bids), then what 200 open dashboards cost the web process
+bench-live: up
+	cd tests/browser && BASE_URL=http://127.0.0.1:8080 MODE=latency COUNT=$${COUNT:-50} SCREENSHOT_DIR=../../target/browser node e2e.mjs
+	cd tests/browser && BASE_URL=http://127.0.0.1:8080 WEB_PID=$$(cat ../../.stack/run/app-web.pid) COUNT=200 node idle.mjs
 
 ## chaos: bids under SIGKILLs, rebalances and MariaDB/broker/registry restarts on a stack of its own; then the audit
 chaos: release

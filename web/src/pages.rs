@@ -32,13 +32,16 @@ use crate::bidding::{parse_auction_id, BidRequest, BidStatus};
 use crate::board::{AuctionView, RECENT_BIDS_MAX};
 use crate::error::ApiError;
 use crate::idempotency::IdempotencyKey;
+use crate::rendered::NOW_MS_MARK;
 use crate::security::csrf::{CsrfError, Session};
 use crate::security::FrontDoor;
 use crate::state::SharedState;
-use crate::templates::{Templates, AUCTION, INDEX, MESSAGE};
+use crate::templates::{Templates, AUCTION, DASHBOARD, INDEX, MESSAGE};
 
 /// How many closed auctions `/` lists.
 const RECENTLY_CLOSED_MAX: usize = 10;
+/// How many open auctions a page of `/` lists.
+pub const HOME_PAGE_SIZE: usize = 50;
 /// A board older than this is said to be stale on `/`.
 const STALE_AFTER_SECS: u64 = 5;
 
@@ -71,6 +74,8 @@ impl Asset {
 static CSS: LazyLock<Asset> = LazyLock::new(|| Asset::new("/static/site.css", include_str!("../static/site.css"), "text/css; charset=utf-8"));
 static JS: LazyLock<Asset> =
     LazyLock::new(|| Asset::new("/static/site.js", include_str!("../static/site.js"), "text/javascript; charset=utf-8"));
+static LIVE_JS: LazyLock<Asset> =
+    LazyLock::new(|| Asset::new("/static/live.js", include_str!("../static/live.js"), "text/javascript; charset=utf-8"));
 
 pub async fn stylesheet() -> HttpResponse {
     CSS.respond()
@@ -78,6 +83,10 @@ pub async fn stylesheet() -> HttpResponse {
 
 pub async fn script() -> HttpResponse {
     JS.respond()
+}
+
+pub async fn live_script() -> HttpResponse {
+    LIVE_JS.respond()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -284,6 +293,8 @@ struct Placed {
     bid_id: String,
     name: String,
     price: String,
+    /// As the form takes it: "1234.50".
+    price_plain: String,
     at: Moment,
     /// Whether the db-writer has stored it in MySQL yet.
     recorded: bool,
@@ -321,6 +332,7 @@ pub(crate) fn base_context(now: DateTime<Utc>) -> Context {
     context.insert("server_now_ms", &now.timestamp_millis());
     context.insert("css_url", &CSS.url);
     context.insert("js_url", &JS.url);
+    context.insert("live_js_url", &LIVE_JS.url);
     context
 }
 
@@ -397,8 +409,23 @@ pub(crate) fn forbidden(templates: &Templates, error: &CsrfError, back: &str) ->
 // ---------------------------------------------------------------------------------------------
 // Handlers
 
-/// `/`: the open auctions, soonest end first, and the most recently closed.
-pub async fn home(state: SharedState) -> HttpResponse {
+/// `/?page=N`: the open auctions, soonest end first, [`HOME_PAGE_SIZE`] a page, and (on the
+/// first page) the most recently closed. Rendered at most once a second per page and board
+/// version (see [`crate::rendered`]): its cost does not grow with the requests.
+pub async fn home(state: SharedState, query: web::Query<HomeQuery>) -> HttpResponse {
+    let page = match query.page.as_deref().map(str::parse::<u32>) {
+        None => 1,
+        Some(Ok(page)) if page >= 1 => page,
+        Some(_) => {
+            return message_page_back(
+                &state.templates,
+                StatusCode::BAD_REQUEST,
+                "No such page",
+                "page must be a whole number from 1 up.",
+                Some(("/", "First page")),
+            )
+        }
+    };
     // Until the board's first refresh succeeded there is nothing to show; try once more now.
     if state.board.age().is_none() {
         if let Err(e) = state.board.refresh().await {
@@ -407,27 +434,85 @@ pub async fn home(state: SharedState) -> HttpResponse {
             context.insert("open", &Vec::<Card>::new());
             context.insert("closed", &Vec::<Card>::new());
             context.insert("notice", &None::<String>);
+            context.insert("pages", &None::<Pages>);
             context.insert("db_error", "Current auctions cannot be shown right now: the auction database is not reachable.");
             return render(&state.templates, INDEX, StatusCode::SERVICE_UNAVAILABLE, &context, None);
         }
     }
     let now = Utc::now();
-    let (open, closed): (Vec<AuctionView>, Vec<AuctionView>) = state.board.auctions().into_iter().partition(|a| a.is_open(now));
-    let open: Vec<Card> = open.iter().map(|a| Card::new(a, now)).collect();
-    // The board lists closed auctions latest end first.
-    let closed: Vec<Card> = closed.iter().take(RECENTLY_CLOSED_MAX).map(|a| Card::new(a, now)).collect();
-    let notice = state.board.age().filter(|age| age.as_secs() >= STALE_AFTER_SECS).map(|age| {
-        format!(
-            "Standings may be up to {} old: the auction database is not answering right now. Bids still go through.",
-            span(i64::try_from(age.as_secs()).unwrap_or(i64::MAX))
-        )
+    let version = state.board.version();
+    let rendered = state.home_pages.get_or_render(page, version, now, || {
+        let (open, closed): (Vec<AuctionView>, Vec<AuctionView>) = state.board.auctions().into_iter().partition(|a| a.is_open(now));
+        let pages = Pages::new(page, open.len());
+        let first = (page as usize - 1).saturating_mul(HOME_PAGE_SIZE);
+        let open: Vec<Card> = open.iter().skip(first).take(HOME_PAGE_SIZE).map(|a| Card::new(a, now)).collect();
+        // The board lists closed auctions latest end first.
+        let closed: Vec<Card> = if page == 1 { closed.iter().take(RECENTLY_CLOSED_MAX).map(|a| Card::new(a, now)).collect() } else { Vec::new() };
+        let notice = state.board.age().filter(|age| age.as_secs() >= STALE_AFTER_SECS).map(|age| {
+            format!(
+                "Standings may be up to {} old: the auction database is not answering right now. Bids still go through.",
+                span(i64::try_from(age.as_secs()).unwrap_or(i64::MAX))
+            )
+        });
+        let mut context = base_context(now);
+        context.insert("server_now_ms", NOW_MS_MARK);
+        context.insert("open", &open);
+        context.insert("closed", &closed);
+        context.insert("notice", &notice);
+        context.insert("pages", &Some(pages));
+        context.insert("db_error", &None::<String>);
+        state.templates.render(INDEX, &context)
     });
-    let mut context = base_context(now);
-    context.insert("open", &open);
-    context.insert("closed", &closed);
-    context.insert("notice", &notice);
-    context.insert("db_error", &None::<String>);
-    render(&state.templates, INDEX, StatusCode::OK, &context, None)
+    match rendered {
+        Ok(page) => HttpResponse::Ok().content_type("text/html; charset=utf-8").insert_header((header::CACHE_CONTROL, "no-store")).body(page.at(Utc::now())),
+        Err(e) => {
+            log::error!("rendering {INDEX} failed: {e:?}");
+            HttpResponse::InternalServerError().content_type("text/plain; charset=utf-8").body("internal error: a page could not be rendered")
+        }
+    }
+}
+
+/// `/dashboard`: filled and kept live by `/static/live.js` from the feed (see [`crate::feed`]).
+pub async fn dashboard(state: SharedState) -> HttpResponse {
+    render(&state.templates, DASHBOARD, StatusCode::OK, &base_context(Utc::now()), None)
+}
+
+#[derive(Deserialize)]
+pub struct HomeQuery {
+    page: Option<String>,
+}
+
+/// Where a page of `/` is among all of them.
+#[derive(Debug, Serialize)]
+struct Pages {
+    page: u32,
+    count: u32,
+    /// How many open auctions there are in all.
+    open_total: usize,
+    /// The 1-based positions of the first and last auction on this page (0, 0 if none).
+    first: usize,
+    last: usize,
+    previous: Option<u32>,
+    next: Option<u32>,
+    size: usize,
+}
+
+impl Pages {
+    fn new(page: u32, open_total: usize) -> Self {
+        let count = u32::try_from(open_total.div_ceil(HOME_PAGE_SIZE).max(1)).unwrap_or(u32::MAX);
+        let first = (page as usize - 1).saturating_mul(HOME_PAGE_SIZE);
+        let last = open_total.min(first.saturating_add(HOME_PAGE_SIZE));
+        Self {
+            page,
+            count,
+            open_total,
+            first: if first < last { first + 1 } else { 0 },
+            last: if first < last { last } else { 0 },
+            previous: (page > 1).then(|| page.min(count.saturating_add(1)) - 1),
+            next: (page < count).then_some(page + 1),
+            size: HOME_PAGE_SIZE,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -504,12 +589,14 @@ async fn find_placed(state: &SharedState, bid_id: BidId, auction: AuctionId) -> 
             bid_id: b.bid_id,
             name: b.name,
             price: money(b.price),
+            price_plain: b.price.to_string(),
             recorded: true,
         },
         BidStatus::Pending(b) if b.auction_id == auction => Placed {
             bid_id: b.bid_id.to_string(),
             name: b.name.to_string(),
             price: money(b.price.get()),
+            price_plain: b.price.get().to_string(),
             at: Moment::since(b.bid_ts, now),
             recorded: false,
         },

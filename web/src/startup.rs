@@ -17,6 +17,8 @@ use crate::store::{Store, StoreTimeouts};
 use crate::templates::Templates;
 use crate::admin::{self, Admin, AuctionWriter};
 use crate::security::{self, FrontDoor, SecurityConfig};
+use crate::feed::{self, Feed};
+use crate::health::{self, DashboardConfig};
 use crate::{api, pages};
 
 /// Settings of the site. Every one is also an environment variable.
@@ -42,6 +44,8 @@ pub struct WebConfig {
     pub limits: Limits,
     #[command(flatten)]
     pub security: SecurityConfig,
+    #[command(flatten)]
+    pub dashboard: DashboardConfig,
 }
 
 const DEFAULT_MAX_BIDS_IN_FLIGHT: usize = 10_000;
@@ -178,8 +182,16 @@ impl Application {
             store,
             templates: Templates::new().context("Failed to load the templates")?,
             readiness: Readiness { kafka: config.kafka.clone(), registry_url: config.registry.url.clone(), http },
+            home_pages: Default::default(),
         });
         prepare_in_background(state.clone(), config.kafka.clone());
+        let (stop, mut stopped) = watch::channel(false);
+        // One feed for every open page, and its health figures, on the main runtime.
+        let feed = Feed::new(stopped.clone());
+        let health = health::spawn(Arc::clone(&state.store), config.kafka.clone(), config.dashboard.clone(), stopped.clone());
+        feed.spawn_board(Arc::clone(&state.board), health);
+        feed.spawn_bids(config.kafka.clone(), config.registry.clone());
+        let feed = web::Data::new(feed);
         let front_door = web::Data::new(FrontDoor::new(&config.security));
         // Creating auctions is rare: two connections of its own are plenty.
         let admin_pool = db::pool(&DatabaseConfig { max_connections: 2, ..config.database.clone() })
@@ -196,13 +208,13 @@ impl Application {
         let address = listener.local_addr()?;
         let app_state = state.clone();
         let access_log = limits.access_log;
-        let (stop, mut stopped) = watch::channel(false);
         let drain = Duration::from_secs(limits.shutdown_timeout_secs).saturating_sub(FLUSH_RESERVE).max(Duration::from_secs(1));
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
                 .app_data(front_door.clone())
                 .app_data(admin.clone())
+                .app_data(feed.clone())
                 .wrap(middleware::from_fn(security::limit_body))
                 .wrap(security::headers())
                 .wrap(middleware::Condition::new(
@@ -278,6 +290,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/auctions/{id}/bids").wrap(middleware::from_fn(security::limit_bids)).route(web::post().to(pages::place_bid)))
         .route("/static/site.css", web::get().to(pages::stylesheet))
         .route("/static/site.js", web::get().to(pages::script))
+        .route("/static/live.js", web::get().to(pages::live_script))
+        .route("/dashboard", web::get().to(pages::dashboard))
+        .route("/api/feed", web::get().to(feed::events))
         .route("/admin", web::get().to(admin::page))
         .route("/admin/auctions", web::post().to(admin::create_from_form))
         .route("/api/auctions", web::post().to(admin::create_auction))

@@ -7,6 +7,7 @@ use auction_common::config::KafkaConfig;
 
 use crate::bidding::Bidding;
 use crate::board::Board;
+use crate::rendered::PageCache;
 use crate::store::Store;
 use crate::templates::Templates;
 
@@ -17,6 +18,8 @@ pub struct AppState {
     pub store: Arc<Store>,
     pub templates: Templates,
     pub readiness: Readiness,
+    /// `/` as rendered for the board's current version and second.
+    pub home_pages: PageCache,
 }
 
 /// What `/readyz` checks.

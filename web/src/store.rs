@@ -230,4 +230,38 @@ impl Store {
             .await?;
         Ok(row.map(|(bid_id, auction_id, name, price, ts)| StoredBid { bid_id, auction_id, name, price, bid_ts: utc(ts) }))
     }
+
+    /// Bids recorded over every auction, and the newest one's `bid_ts`: from
+    /// `auction_standing` (a row per auction), so the cost does not grow with the bids.
+    pub async fn bid_totals(&self) -> Result<(u64, Option<chrono::DateTime<Utc>>), StoreError> {
+        let row: Option<(Option<Decimal>, Option<NaiveDateTime>)> = self
+            .call(Box::new(|conn| Box::pin(conn.query_first("SELECT SUM(bid_count), MAX(last_bid_ts) FROM auction_standing"))))
+            .await?;
+        let (count, newest) = row.unwrap_or((None, None));
+        let count = count.and_then(|c| u64::try_from(c).ok()).unwrap_or(0);
+        Ok((count, newest.map(auction_db::utc)))
+    }
+
+    /// Bids per minute (every auction together) from `since` on, from `bids_per_minute`.
+    pub async fn bids_per_minute(&self, since: NaiveDateTime) -> Result<Vec<(NaiveDateTime, u64)>, StoreError> {
+        let rows: Vec<(NaiveDateTime, Decimal)> = self
+            .call(Box::new(move |conn| {
+                Box::pin(conn.exec("SELECT minute, SUM(bids) FROM bids_per_minute WHERE minute >= ? GROUP BY minute ORDER BY minute", (since,)))
+            }))
+            .await?;
+        Ok(rows.into_iter().map(|(minute, bids)| (minute, u64::try_from(bids).unwrap_or(0))).collect())
+    }
+
+    /// The `limit` bidders with the most bids over every auction, most first.
+    pub async fn top_bidders(&self, limit: usize) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows: Vec<(String, Decimal)> = self
+            .call(Box::new(move |conn| {
+                Box::pin(conn.exec(
+                    "SELECT name, SUM(bids) AS total FROM bidder_activity GROUP BY name ORDER BY total DESC, name LIMIT ?",
+                    (limit as u64,),
+                ))
+            }))
+            .await?;
+        Ok(rows.into_iter().map(|(name, bids)| (name, u64::try_from(bids).unwrap_or(0))).collect())
+    }
 }

@@ -7,6 +7,7 @@ pub const INDEX: &str = "index.html";
 pub const AUCTION: &str = "auction.html";
 pub const ADMIN: &str = "admin.html";
 pub const MESSAGE: &str = "message.html";
+pub const DASHBOARD: &str = "dashboard.html";
 
 pub struct Templates {
     tera: Tera,
@@ -23,6 +24,7 @@ impl Templates {
             (AUCTION, include_str!("../../templates/auction.html")),
             (ADMIN, include_str!("../../templates/admin.html")),
             (MESSAGE, include_str!("../../templates/message.html")),
+            (DASHBOARD, include_str!("../../templates/dashboard.html")),
         ])?;
         Ok(Self { tera })
     }
