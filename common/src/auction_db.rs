@@ -49,7 +49,7 @@ pub fn standing_from_row(rules: &AuctionRules, row: StandingRow) -> Result<Stand
     let highest = match (bid_id, name, price, bid_ts) {
         (Some(id), Some(name), Some(price), Some(ts)) => Some(Leader {
             bid_id: BidId::parse(&id).map_err(|e| bad(e.to_string()))?,
-            name: BidderName::parse(&name).map_err(|e| bad(e.to_string()))?,
+            name: BidderName::recorded(&name).map_err(|e| bad(e.to_string()))?,
             price: Price::new(price).map_err(|e| bad(e.to_string()))?,
             bid_ts: utc(ts),
         }),

@@ -139,6 +139,18 @@ impl BidderName {
         Ok(Self(trimmed.to_owned()))
     }
 
+    /// A name already recorded (a stored leader): accepted under the rules of its day, so only
+    /// its length is checked again. Rules made stricter later must not make an auction with such
+    /// a leader unreadable; pages escape it like any other text.
+    pub fn recorded(raw: &str) -> Result<Self, ValidationError> {
+        let trimmed = raw.trim();
+        match trimmed.chars().count() {
+            0 => Err(ValidationError::new("name", "is required: 1 to 100 characters")),
+            n if n > Self::MAX_CHARS => Err(ValidationError::new("name", format!("is {n} characters long; at most 100 are allowed"))),
+            _ => Ok(Self(trimmed.to_owned())),
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -337,6 +349,9 @@ mod tests {
             assert!(err.message.contains("bidirectional control characters"), "{bad:?}: {err}");
         }
         let err = BidderName::parse("gnp.\u{202E}exe").unwrap_err();
+        // A leader stored before the rule still reads back.
+        assert_eq!(BidderName::recorded("gnp.\u{202E}exe").map(|n| n.0), Ok("gnp.\u{202E}exe".to_owned()));
+        assert!(BidderName::recorded(" ").is_err() && BidderName::recorded(&"a".repeat(101)).is_err());
         assert!(err.message.contains("U+202E"), "{err}");
     }
 

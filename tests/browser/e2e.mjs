@@ -162,6 +162,16 @@ try {
     await dashboard.screenshot({ path: `${SHOTS}/dashboard.png`, fullPage: true });
     results.dashboard_violations = await accessibility(dashboard, "/dashboard");
 
+    // Readable on a phone: nothing wider than the screen.
+    const phone = await context.newPage();
+    await phone.setViewportSize({ width: 390, height: 844 });
+    await phone.goto(`${BASE}/dashboard`);
+    await waitUntil(phone, () => document.querySelectorAll("#bid-feed li").length > 0 && document.querySelector("#open-auctions tbody tr"), null, 6000, "the dashboard on a phone never filled");
+    const overflow = await phone.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    if (overflow > 0) fail(`on a 390 px wide screen the dashboard is ${overflow} px too wide`);
+    await phone.screenshot({ path: `${SHOTS}/dashboard-phone.png`, fullPage: true });
+    await phone.close();
+
     // 5. The bidder's page moved by itself and says they were outbid; so did the homepage.
     const money = Number(higher).toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
     await waitUntil(bidder, (m) => document.getElementById("highest").textContent === m, money, 5000, `the auction page's highest bid never became ${money}`);
