@@ -10,6 +10,7 @@ mod board;
 mod bounded;
 mod error;
 mod idempotency;
+mod metrics;
 mod pages;
 mod publish;
 mod security;
