@@ -666,8 +666,9 @@ async fn collect_batch(
         // Revocations are served inside recv(): apply them before taking anything more.
         batch.drop_partitions(&consumer.context().take_revoked());
         match message {
-            Err(_) if deadline.is_some() => break,
-            Err(_) => continue,
+            // Nothing came for a while: hand back what there is (maybe nothing), so the caller's
+            // summary line still comes on time.
+            Err(_) => break,
             Ok(Err(e)) => {
                 // librdkafka reconnects by itself; say so once every 10 s, not five times a second.
                 if kafka_errors.since.elapsed() >= Duration::from_secs(10) {
