@@ -15,7 +15,9 @@
 //!   minus this consumer's position (the next offset it will be handed), from librdkafka's
 //!   statistics every [`STATS_INTERVAL_MS`] ms: the consumer's own view, at no cost per message
 //!   and with no request of its own to the broker. A partition that moves to another member
-//!   leaves this gauge;
+//!   leaves this gauge. The statistics are served by the same polls as the messages, so while
+//!   the loop holds a batch it cannot write, the gauge keeps its last value (and `/readyz`
+//!   says why it is stalled);
 //! - `auction_consumer_assigned_partitions`: how many partitions this member holds (0: idle).
 //!
 //! `/readyz` answers 200 when the consumer holds partitions and is not stalled (its last write,

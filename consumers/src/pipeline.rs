@@ -36,9 +36,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use auction_common::config::{KafkaConfig, RegistryConfig};
+use auction_common::domain::now_micros;
 use auction_common::registry::{BidDecoder, CodecError};
 use auction_common::retry::Backoff;
-use auction_common::domain::now_micros;
 use auction_common::{kafka, Bid};
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer};
