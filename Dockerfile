@@ -59,7 +59,9 @@ ENV BIND_ADDR=0.0.0.0:8080 \
     RUST_LOG=info
 
 USER 10001:10001
-EXPOSE 8080
-# No HEALTHCHECK here: the consumers run from this image too and serve no HTTP. The site's
-# check (GET /readyz) is in docker-compose.yml.
+# 8080: the site (and its GET /metrics). 9464: a consumer's GET /metrics and /readyz, served only
+# when METRICS_ADDR is set (docker-compose.yml sets 0.0.0.0:9464).
+EXPOSE 8080 9464
+# No HEALTHCHECK here: the site and the consumers run from this image and answer on different
+# ports. The site's check (GET /readyz) is in docker-compose.yml.
 CMD ["auction-web"]

@@ -1,20 +1,23 @@
 # The two commands a newcomer needs are `make run` and `make test`; see README.md.
 SHELL := /bin/bash
 CARGO ?= cargo
+# db-writer replicas `make run` and `make up` start (one consumer group; more than the topic's
+# partitions sit idle): `make up WRITERS=4`.
+WRITERS ?= 2
 
 .PHONY: run test up down stack-up stack-down status build release migrate bench bench-live chaos check-toolchain
 
-## run: build, start the stack, the site on http://127.0.0.1:8080, 2 db-writers and a file-backup (Ctrl-C stops all)
+## run: build, start the stack, the site on http://127.0.0.1:8080, WRITERS (2) db-writers and a file-backup (Ctrl-C stops all)
 run: release
-	@bash scripts/run.sh
+	@WRITERS=$(WRITERS) bash scripts/run.sh
 
 ## test: the whole test suite over the real stack (starts the stack if it is not up)
 test: check-toolchain stack-up
 	$(CARGO) test --workspace --locked -- --test-threads=$${TEST_THREADS:-4}
 
-## up: everything in the background; returns once GET /readyz is 200
+## up: everything in the background (WRITERS db-writers); returns once GET /readyz is 200
 up: release stack-up migrate
-	@bash scripts/run.sh --background
+	@WRITERS=$(WRITERS) bash scripts/run.sh --background
 
 ## down: stop the application and the stack
 down:

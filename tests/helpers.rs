@@ -7,6 +7,7 @@ use auction_common::config::{DatabaseConfig, KafkaConfig, RegistryConfig};
 use auction_common::{db, kafka};
 use auction_consumers::db_writer::MySqlSink;
 use auction_consumers::file_backup::CsvSink;
+use auction_consumers::metrics::MetricsServer;
 use auction_consumers::pipeline::{self, ConsumerSettings, ConsumerStatus};
 use auction_web::{Application, WebConfig};
 use mysql_async::prelude::Queryable;
@@ -217,6 +218,42 @@ impl RunningConsumer {
         let _ = self.stop.send(true);
         self.task.await.expect("consumer task").expect("consumer ends cleanly");
     }
+}
+
+impl RunningConsumer {
+    /// Serves its `/metrics` and `/readyz` on a free port, as `--metrics-addr` does; the base
+    /// URL, and the server to stop at the end.
+    pub fn serve_metrics(&self) -> (String, MetricsServer) {
+        let server = MetricsServer::start("127.0.0.1:0", self.status.clone()).expect("metrics server starts");
+        (format!("http://{}", server.address()), server)
+    }
+}
+
+/// `GET {base}/metrics`: the Prometheus text.
+pub async fn scrape(base: &str) -> String {
+    let response = reqwest::get(format!("{base}/metrics")).await.expect("GET /metrics");
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+    response.text().await.expect("metrics text")
+}
+
+/// The value of the sample `name` whose labels include every one of `labels`, as Prometheus
+/// reads the text format (`name{a="x",b="y"} 12`).
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, label_text) = match series.split_once('{') {
+            Some((m, rest)) => (m, rest.strip_suffix('}')?),
+            None => (series, ""),
+        };
+        let has: Vec<(&str, &str)> = label_text
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .filter_map(|p| p.split_once('=').map(|(k, v)| (k, v.trim_matches('"'))))
+            .collect();
+        (metric == name && labels.iter().all(|l| has.contains(l))).then(|| value.parse().ok()).flatten()
+    })
 }
 
 /// Polls `check` until it returns Some, or panics after `limit` with `what`.

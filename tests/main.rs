@@ -9,6 +9,7 @@ mod consumers;
 mod delivery;
 mod dlq_audit;
 mod helpers;
+mod metrics;
 mod pages;
 mod site;
 mod standing;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use auction_common::registry::BidEncoder;
 use auction_consumers::status;
 
-use crate::helpers::{bid, eventually, produce, TestStack};
+use crate::helpers::{bid, eventually, produce, sample, scrape, TestStack};
 
 #[tokio::test]
 async fn status_lists_two_db_writers_with_their_partitions_and_lag_going_to_zero() {
@@ -37,6 +37,28 @@ async fn status_lists_two_db_writers_with_their_partitions_and_lag_going_to_zero
     .await;
     assert_eq!(seen.partitions.iter().map(|p| p.end).sum::<i64>(), 30, "end offsets add up to the bids produced");
     assert!(seen.partitions.iter().all(|p| p.member.is_some()));
+
+    // Each writer's own view agrees with Kafka's: its /readyz names the partitions status shows
+    // for one member, and its lag gauge reaches 0 on each of them.
+    let served: Vec<_> = writers.iter().map(|w| w.serve_metrics()).collect();
+    let mut from_readyz = Vec::new();
+    for (url, _) in &served {
+        let body: serde_json::Value = reqwest::get(format!("{url}/readyz")).await.unwrap().json().await.unwrap();
+        let parts: Vec<i32> = serde_json::from_value(body["assigned_partitions"].clone()).unwrap();
+        eventually(Duration::from_secs(30), "a lag of 0 on each partition the writer holds", || async {
+            let text = scrape(url).await;
+            parts.iter().all(|p| sample(&text, "auction_consumer_lag", &[("partition", &p.to_string())]) == Some(0.0)).then_some(())
+        })
+        .await;
+        from_readyz.push(parts);
+    }
+    let mut from_status: Vec<Vec<i32>> = seen.members.iter().map(|m| m.2.clone()).collect();
+    from_readyz.sort();
+    from_status.sort();
+    assert_eq!(from_readyz, from_status, "each writer holds what status says its member holds");
+    for (_, server) in served {
+        server.stop().await;
+    }
     for w in writers {
         w.stop().await;
     }

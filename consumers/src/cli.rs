@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::db_writer::MySqlSink;
 use crate::file_backup::CsvSink;
+use crate::metrics::MetricsServer;
 use crate::pipeline::{self, ConsumerSettings, ConsumerStatus};
 
 #[derive(clap::Parser, Debug)]
@@ -70,6 +71,10 @@ pub struct ConsumeArgs {
     /// ...or once its first bid has waited this long.
     #[arg(long = "batch-max-wait-ms", env = "BATCH_MAX_WAIT_MS", default_value_t = 50)]
     pub batch_max_wait_ms: u64,
+    /// Serve GET /metrics (Prometheus) and GET /readyz on this address, e.g. 127.0.0.1:9101;
+    /// off unless set, since every consumer on a machine needs a port of its own.
+    #[arg(long = "metrics-addr", env = "METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
 }
 
 impl ConsumeArgs {
@@ -90,11 +95,13 @@ pub async fn run(command: Command, shutdown: watch::Receiver<bool>) -> anyhow::R
     match command {
         Command::DbWriter { group, consume, database } => {
             let sink = MySqlSink::new(&database).with_context(|| format!("Invalid DATABASE_URL {}", database.redacted_url()))?;
-            pipeline::run(consume.settings(&group), sink, status, shutdown).await
+            let server = serve_metrics(&consume, &status)?;
+            stopping_server(server, pipeline::run(consume.settings(&group), sink, status, shutdown).await).await
         }
         Command::FileBackup { group, backup_csv, consume } => {
-            let sink = CsvSink::open(&backup_csv, &consume.kafka).await?;
-            pipeline::run(consume.settings(&group), sink, status, shutdown).await
+            let server = serve_metrics(&consume, &status)?;
+            let run = async { pipeline::run(consume.settings(&group), CsvSink::open(&backup_csv, &consume.kafka).await?, status, shutdown).await };
+            stopping_server(server, run.await).await
         }
         Command::Migrate { url } => {
             let config = DatabaseConfig { url, max_connections: 1 };
@@ -110,6 +117,17 @@ pub async fn run(command: Command, shutdown: watch::Receiver<bool>) -> anyhow::R
         Command::Audit(args) => crate::audit::run_command(args, shutdown).await,
         Command::Status(args) => crate::status::run_command(args).await,
     }
+}
+
+fn serve_metrics(consume: &ConsumeArgs, status: &Arc<ConsumerStatus>) -> anyhow::Result<Option<MetricsServer>> {
+    consume.metrics_addr.as_deref().map(|addr| MetricsServer::start(addr, Arc::clone(status))).transpose()
+}
+
+async fn stopping_server(server: Option<MetricsServer>, result: anyhow::Result<()>) -> anyhow::Result<()> {
+    if let Some(server) = server {
+        server.stop().await;
+    }
+    result
 }
 
 #[cfg(test)]

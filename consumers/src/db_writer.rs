@@ -31,7 +31,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Pool, Transaction, TxOpts, Value};
 use rust_decimal::Decimal;
 
-use crate::pipeline::{Record, Sink, SinkError, WriteOutcome};
+use crate::pipeline::{Record, Role, Sink, SinkError, WriteOutcome};
 
 pub struct MySqlSink {
     pool: Pool,
@@ -221,6 +221,8 @@ async fn update_activity(tx: &mut Transaction<'_>, inserted: &[&Bid]) -> Result<
 }
 
 impl Sink for MySqlSink {
+    const ROLE: Role = Role::DbWriter;
+
     async fn write(&mut self, records: &[Record]) -> Result<WriteOutcome, SinkError> {
         let all: Vec<&Record> = records.iter().collect();
         match write_transaction(&self.pool, &all).await {

@@ -32,7 +32,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::pipeline::{Positions, Record, Sink, SinkError, WriteOutcome};
+use crate::pipeline::{Positions, Record, Role, Sink, SinkError, WriteOutcome};
 
 pub const HEADER: [&str; 8] = ["bid_id", "auction_id", "name", "price", "bid_ts", "topic", "partition", "offset"];
 
@@ -272,6 +272,8 @@ fn compare_with_topic(kafka: &KafkaConfig, marks: &[(i32, i64, String)]) -> Resu
 }
 
 impl Sink for CsvSink {
+    const ROLE: Role = Role::FileBackup;
+
     async fn write(&mut self, records: &[Record]) -> Result<WriteOutcome, SinkError> {
         let mut fresh: Vec<&Record> = Vec::with_capacity(records.len());
         let mut in_batch: HashSet<u128> = HashSet::with_capacity(records.len());

@@ -7,5 +7,6 @@ pub mod cli;
 pub mod db_writer;
 pub mod dlq;
 pub mod file_backup;
+pub mod metrics;
 pub mod pipeline;
 pub mod status;

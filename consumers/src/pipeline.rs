@@ -28,16 +28,19 @@
 //! again), and what was stored is committed before the partitions are handed over. A batch is
 //! therefore never written by both the old and the new owner.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use auction_common::config::{KafkaConfig, RegistryConfig};
+use auction_common::domain::now_micros;
 use auction_common::registry::{BidDecoder, CodecError};
 use auction_common::retry::Backoff;
 use auction_common::{kafka, Bid};
+use chrono::{DateTime, Utc};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Message, OwnedMessage};
@@ -47,6 +50,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use crate::dlq::{self, DeadLetter, DeadLetterClass};
+use crate::metrics::{ConsumerMetrics, STATS_INTERVAL_MS};
 
 /// A decoded bid, where it came from, and the bytes it came as (for the dead-letter topic).
 #[derive(Debug, Clone)]
@@ -85,9 +89,27 @@ impl SinkError {
     }
 }
 
+/// What a consumer process is, as its metrics and `/readyz` name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    DbWriter,
+    FileBackup,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::DbWriter => "db-writer",
+            Role::FileBackup => "file-backup",
+        }
+    }
+}
+
 /// Where bids go. `write` returns only once the records it reports written are durable; it may
 /// be called again with records it already wrote (redelivery) and must then not write them twice.
 pub trait Sink {
+    const ROLE: Role;
+
     fn write(&mut self, records: &[Record]) -> impl std::future::Future<Output = Result<WriteOutcome, SinkError>> + Send;
 
     /// The positions the sink keeps itself, if it does (the CSV file knows what it holds): each
@@ -154,6 +176,17 @@ pub struct ConsumerStatus {
     pub dead_letters: AtomicU64,
     /// Re-publications of dead letters meant for another consumer group, passed over.
     pub skipped_replays: AtomicU64,
+    running: OnceLock<Running>,
+    last_write: Mutex<Option<DateTime<Utc>>>,
+}
+
+/// What the consumer loop is, known once it starts, and the metrics it keeps.
+#[derive(Debug)]
+pub struct Running {
+    pub role: Role,
+    pub group: String,
+    pub topic: String,
+    pub metrics: ConsumerMetrics,
 }
 
 impl ConsumerStatus {
@@ -172,6 +205,40 @@ impl ConsumerStatus {
             *stalled = cause;
         }
     }
+
+    /// The loop's role, group and metrics; `None` until it has started.
+    pub fn running(&self) -> Option<&Running> {
+        self.running.get()
+    }
+
+    /// When a batch was last made durable.
+    pub fn last_write(&self) -> Option<DateTime<Utc>> {
+        self.last_write.lock().ok().and_then(|t| *t)
+    }
+
+    fn wrote(&self, outcome: &WriteOutcome, size: usize, took: Duration) {
+        self.written.fetch_add(outcome.written, Ordering::Relaxed);
+        self.duplicates.fetch_add(outcome.duplicates, Ordering::Relaxed);
+        if let Ok(mut last) = self.last_write.lock() {
+            *last = Some(now_micros());
+        }
+        if let Some(m) = self.metrics() {
+            m.written.inc_by(outcome.written);
+            m.duplicates.inc_by(outcome.duplicates);
+            m.batch_size.observe(size as f64);
+            m.write_latency.observe(took.as_secs_f64());
+        }
+    }
+
+    fn metrics(&self) -> Option<&ConsumerMetrics> {
+        self.running.get().map(|r| &r.metrics)
+    }
+
+    fn retried(&self, cause: &str) {
+        if let Some(m) = self.metrics() {
+            m.retried(cause);
+        }
+    }
 }
 
 /// Keeps [`ConsumerStatus`] in step with the group's assignment, seeks a sink's own positions
@@ -179,6 +246,7 @@ impl ConsumerStatus {
 /// loop drops their unwritten bids.
 struct GroupContext {
     status: Arc<ConsumerStatus>,
+    topic: String,
     positions: Option<Positions>,
     revoked: Mutex<Vec<i32>>,
 }
@@ -207,7 +275,14 @@ impl GroupContext {
     }
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    /// Every [`STATS_INTERVAL_MS`], served by the same polls as the messages: the lag gauge.
+    fn stats_raw(&self, statistics: &[u8]) {
+        if let Some(m) = self.status.metrics() {
+            m.lag_from_stats(statistics, &self.topic, &self.status.assigned_partitions());
+        }
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
@@ -257,6 +332,9 @@ impl ConsumerContext for GroupContext {
             .unwrap_or_default();
         partitions.sort_unstable();
         log::info!("assigned partitions now {partitions:?}");
+        if let Some(m) = self.status.metrics() {
+            m.assigned(&partitions);
+        }
         if let Ok(mut assigned) = self.status.assigned.lock() {
             *assigned = partitions;
         }
@@ -282,8 +360,19 @@ pub async fn run<S: Sink>(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let decoder = BidDecoder::new(&settings.registry)?;
-    let context = GroupContext { status: status.clone(), positions: sink.positions(), revoked: Mutex::new(Vec::new()) };
+    let metrics = ConsumerMetrics::new(S::ROLE, &settings.group_id).context("Failed to register the metrics")?;
+    let running = Running { role: S::ROLE, group: settings.group_id.clone(), topic: settings.kafka.topic.clone(), metrics };
+    if status.running.set(running).is_err() {
+        anyhow::bail!("this ConsumerStatus already belongs to a running consumer");
+    }
+    let context = GroupContext {
+        status: status.clone(),
+        topic: settings.kafka.topic.clone(),
+        positions: sink.positions(),
+        revoked: Mutex::new(Vec::new()),
+    };
     let consumer: GroupConsumer = kafka::consumer_config(&settings.kafka, &settings.group_id)
+        .set("statistics.interval.ms", STATS_INTERVAL_MS.to_string())
         .create_with_context(context)
         .context("Failed to create the Kafka consumer")?;
     let dead_letters = DeadLetterQueue {
@@ -304,6 +393,7 @@ pub async fn run<S: Sink>(
             Err(e) => {
                 log::warn!("topic {} or its dead-letter topic not available yet: {e}", settings.kafka.topic);
                 status.set_stalled(Some(format!("Kafka topic not available: {e}")));
+                status.retried("topic");
                 if backoff.wait(&mut shutdown).await.is_err() {
                     return Ok(());
                 }
@@ -321,11 +411,10 @@ pub async fn run<S: Sink>(
         let mut batch = collect_batch(&consumer, &decoder, &settings, &status, &mut shutdown, &mut held, &mut kafka_errors).await;
         let stopping = *shutdown.borrow();
         if !batch.records.is_empty() {
+            let started = Instant::now();
             match write_with_retry(&mut sink, &batch.records, &status, &mut shutdown).await {
                 Ok(Some(outcome)) => {
-                    status.written.fetch_add(outcome.written, Ordering::Relaxed);
-                    status.duplicates.fetch_add(outcome.duplicates, Ordering::Relaxed);
-                    progress.batch(batch.records.len(), &batch.next_offsets);
+                    progress.batch(&batch, &outcome, started.elapsed());
                     for (index, reason) in outcome.rejected {
                         if let Some(r) = batch.records.get(index) {
                             batch.letters.push(Letter::rejected(r, reason, &settings.group_id));
@@ -421,6 +510,9 @@ impl DeadLetterQueue {
                 match dlq::send(&self.producer, &self.topic, l.key.as_deref(), l.payload.as_deref(), &l.letter).await {
                     Ok(()) => {
                         status.dead_letters.fetch_add(1, Ordering::Relaxed);
+                        if let Some(m) = status.metrics() {
+                            m.dead_letter(l.letter.class.as_str());
+                        }
                         log::error!(
                             "{}/{}/{}: {} message sent to {} (group {}): {}",
                             l.letter.source_topic,
@@ -437,6 +529,7 @@ impl DeadLetterQueue {
                         let cause = format!("cannot send a dead letter to {}: {e}", self.topic);
                         log::warn!("{cause}; retrying");
                         status.set_stalled(Some(cause));
+                        status.retried("dead_letter_topic");
                         if backoff.wait(shutdown).await.is_err() {
                             return Err(());
                         }
@@ -461,6 +554,8 @@ struct Batch {
     letters: Vec<Letter>,
     /// Per partition, the offset after the last message taken (written, sent aside, or passed over).
     next_offsets: HashMap<i32, i64>,
+    /// Per partition, the first and last offset taken: what the logs show.
+    ranges: BTreeMap<i32, (i64, i64)>,
 }
 
 impl Batch {
@@ -473,6 +568,7 @@ impl Batch {
         self.records.retain(|r| !revoked.contains(&r.partition));
         self.letters.retain(|l| !revoked.contains(&l.letter.partition));
         self.next_offsets.retain(|p, _| !revoked.contains(p));
+        self.ranges.retain(|p, _| !revoked.contains(p));
         let dropped = before - self.records.len() - self.letters.len();
         if dropped > 0 {
             log::info!("dropped {dropped} unwritten messages of revoked partitions {revoked:?}; their next owner reads them");
@@ -517,6 +613,8 @@ impl Batch {
             Decoded::OtherGroupsReplay => {}
         }
         self.next_offsets.insert(partition, offset + 1);
+        let range = self.ranges.entry(partition).or_insert((offset, offset));
+        *range = (range.0.min(offset), range.1.max(offset));
     }
 }
 
@@ -568,8 +666,9 @@ async fn collect_batch(
         // Revocations are served inside recv(): apply them before taking anything more.
         batch.drop_partitions(&consumer.context().take_revoked());
         match message {
-            Err(_) if deadline.is_some() => break,
-            Err(_) => continue,
+            // Nothing came for a while: hand back what there is (maybe nothing), so the caller's
+            // summary line still comes on time.
+            Err(_) => break,
             Ok(Err(e)) => {
                 // librdkafka reconnects by itself; say so once every 10 s, not five times a second.
                 if kafka_errors.since.elapsed() >= Duration::from_secs(10) {
@@ -613,6 +712,7 @@ fn hold_message<M: Message>(m: &M, e: &CodecError, status: &ConsumerStatus) {
     let cause = format!("{}/{}/{}: held, the schema registry cannot be used: {e}", m.topic(), m.partition(), m.offset());
     log::warn!("{cause}; retrying");
     status.set_stalled(Some(cause));
+    status.retried("registry");
 }
 
 /// `Ok(None)` if shutdown came before the write succeeded; `Err` if the sink cannot go on.
@@ -625,9 +725,11 @@ async fn write_with_retry<S: Sink>(
     let mut backoff = Backoff::new();
     let mut slow = false;
     loop {
+        let attempt = Instant::now();
         match sink.write(records).await {
             Ok(outcome) => {
                 status.set_stalled(None);
+                status.wrote(&outcome, records.len(), attempt.elapsed());
                 return Ok(Some(outcome));
             }
             Err(SinkError::Fatal(e)) => return Err(anyhow::anyhow!(e)),
@@ -653,6 +755,7 @@ async fn write_with_retry<S: Sink>(
                     log::warn!("{cause}; retrying in about {:?}", backoff.delay());
                 }
                 status.set_stalled(Some(cause));
+                status.retried("write");
                 // On shutdown, give up; the offsets were not stored, so the bids come again.
                 if backoff.wait(shutdown).await.is_err() {
                     return Ok(None);
@@ -678,24 +781,54 @@ fn store_offsets(consumer: &GroupConsumer, topic: &str, next_offsets: &HashMap<i
     }
 }
 
-/// One line per batch at debug, and a summary at info every 10 s while bids flow, so operators
-/// see progress without a line per bid.
+/// One line per batch at debug, and a summary at info every few seconds while bids flow, so
+/// operators see progress without a line per bid.
 struct Progress {
     since: Instant,
+    batches: u64,
+    bids: u64,
+    writing: Duration,
+    /// Per partition, the first and last offset written since the last summary.
+    ranges: BTreeMap<i32, (i64, i64)>,
     written: u64,
     duplicates: u64,
     dead_letters: u64,
 }
 
 impl Progress {
-    const EVERY: Duration = Duration::from_secs(10);
+    const EVERY: Duration = Duration::from_secs(5);
 
     fn new() -> Self {
-        Self { since: Instant::now(), written: 0, duplicates: 0, dead_letters: 0 }
+        Self {
+            since: Instant::now(),
+            batches: 0,
+            bids: 0,
+            writing: Duration::ZERO,
+            ranges: BTreeMap::new(),
+            written: 0,
+            duplicates: 0,
+            dead_letters: 0,
+        }
     }
 
-    fn batch(&self, size: usize, next_offsets: &HashMap<i32, i64>) {
-        log::debug!("wrote a batch of {size} bids; next offsets {next_offsets:?}");
+    /// `took`: from the first attempt to the durable write, retries included.
+    fn batch(&mut self, batch: &Batch, outcome: &WriteOutcome, took: Duration) {
+        log::debug!(
+            "batch of {} bids written in {} ms ({} new, {} already stored, {} refused); partitions:offsets {}",
+            batch.records.len(),
+            took.as_millis(),
+            outcome.written,
+            outcome.duplicates,
+            outcome.rejected.len(),
+            show_ranges(&batch.ranges)
+        );
+        self.batches += 1;
+        self.bids += batch.records.len() as u64;
+        self.writing += took;
+        for (&partition, &(first, last)) in &batch.ranges {
+            let range = self.ranges.entry(partition).or_insert((first, last));
+            *range = (range.0.min(first), range.1.max(last));
+        }
     }
 
     fn report(&mut self, status: &ConsumerStatus) {
@@ -707,17 +840,36 @@ impl Progress {
             status.duplicates.load(Ordering::Relaxed),
             status.dead_letters.load(Ordering::Relaxed),
         );
-        if now != (self.written, self.duplicates, self.dead_letters) {
+        if self.batches > 0 || now != (self.written, self.duplicates, self.dead_letters) {
             log::info!(
-                "last {:.0} s: {} bids written, {} already present, {} sent to the dead-letter topic; partitions {:?}",
+                "last {:.0} s: {} batches, {} bids ({} written, {} already present, {} sent to the dead-letter topic), {} ms writing; partitions:offsets {}; assigned {:?}",
                 self.since.elapsed().as_secs_f64(),
+                self.batches,
+                self.bids,
                 now.0 - self.written,
                 now.1 - self.duplicates,
                 now.2 - self.dead_letters,
+                self.writing.as_millis(),
+                show_ranges(&self.ranges),
                 status.assigned_partitions()
             );
         }
         (self.written, self.duplicates, self.dead_letters) = now;
+        (self.batches, self.bids, self.writing) = (0, 0, Duration::ZERO);
+        self.ranges.clear();
         self.since = Instant::now();
     }
+}
+
+/// `0:120-135 3:40-52`: per partition, the first and last offset.
+fn show_ranges(ranges: &BTreeMap<i32, (i64, i64)>) -> String {
+    let mut out = String::new();
+    for (partition, (first, last)) in ranges {
+        let sep = if out.is_empty() { "" } else { " " };
+        let _ = write!(out, "{sep}{partition}:{first}-{last}");
+    }
+    if out.is_empty() {
+        out.push('-');
+    }
+    out
 }

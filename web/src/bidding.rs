@@ -29,7 +29,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use auction_common::{AuctionId, Bid, BidId, BidderName, Price};
 use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
@@ -38,6 +38,7 @@ use crate::board::Board;
 use crate::bounded::BoundedMap;
 use crate::error::ApiError;
 use crate::idempotency::{Claim, IdempotencyKey, IdempotencyKeys, Reservation};
+use crate::metrics::{refusal_reason, WebMetrics};
 use crate::publish::BidPublisher;
 use crate::store::{Store, StoredBid};
 
@@ -106,10 +107,11 @@ pub struct Bidding {
     acked: Mutex<BoundedMap<BidId, Bid>>,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
+    metrics: Arc<WebMetrics>,
 }
 
 impl Bidding {
-    pub fn new(store: Arc<Store>, board: Arc<Board>, publisher: BidPublisher, limits: &BiddingLimits) -> Self {
+    pub fn new(store: Arc<Store>, board: Arc<Board>, publisher: BidPublisher, limits: &BiddingLimits, metrics: Arc<WebMetrics>) -> Self {
         // A semaphore holds at most this many permits.
         let max_in_flight = limits.max_bids_in_flight.clamp(1, Semaphore::MAX_PERMITS);
         Self {
@@ -122,7 +124,13 @@ impl Bidding {
             acked: Mutex::new(BoundedMap::new(limits.acked_bids_max, None)),
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
+            metrics,
         }
+    }
+
+    /// Bids being handled now (checked, encoded, or waiting for Kafka's ack).
+    pub fn in_flight(&self) -> usize {
+        self.max_in_flight.saturating_sub(self.in_flight.available_permits())
     }
 
     pub fn publisher(&self) -> &BidPublisher {
@@ -130,8 +138,16 @@ impl Bidding {
     }
 
     /// Places the bid; returns once the broker acked it (or, for a key seen before, the bid
-    /// that was acked for it).
+    /// that was acked for it). Every refusal decided here is counted in the metrics.
     pub async fn place(self: &Arc<Self>, request: BidRequest, key: Option<IdempotencyKey>) -> Result<Bid, ApiError> {
+        let placed = self.place_uncounted(request, key).await;
+        if let Some(reason) = placed.as_ref().err().and_then(refusal_reason) {
+            self.metrics.refused(reason);
+        }
+        placed
+    }
+
+    async fn place_uncounted(self: &Arc<Self>, request: BidRequest, key: Option<IdempotencyKey>) -> Result<Bid, ApiError> {
         let (reservation, earlier) = match key.map(|key| self.keys.claim(key, &request)) {
             None => (None, None),
             Some(Claim::Fresh(reservation)) => (Some(reservation), None),
@@ -206,8 +222,12 @@ impl Bidding {
         if let Some(r) = reservation.as_mut() {
             r.producing(attempt.clone());
         }
-        match self.publisher.send(attempt.bid.bid_id, &attempt.payload).await {
+        let started = Instant::now();
+        let sent = self.publisher.send(attempt.bid.bid_id, &attempt.payload).await;
+        self.metrics.produced(started.elapsed(), sent.is_ok());
+        match sent {
             Ok(()) => {
+                self.metrics.accepted();
                 // On the board before the turn passes: the next bid is checked against this one.
                 self.board.record_acked(&attempt.bid);
                 self.acked.lock().unwrap_or_else(PoisonError::into_inner).insert(attempt.bid.bid_id, attempt.bid.clone());

@@ -12,6 +12,7 @@ mod error;
 mod feed;
 mod health;
 mod idempotency;
+mod metrics;
 mod pages;
 mod publish;
 mod rendered;

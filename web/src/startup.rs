@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use crate::bidding::{Bidding, BiddingLimits};
 use crate::board::{Board, BoardSettings};
+use crate::metrics::{self, WebMetrics};
 use crate::publish::BidPublisher;
 use crate::state::{AppState, Readiness};
 use crate::store::{Store, StoreTimeouts};
@@ -176,8 +177,9 @@ impl Application {
             acked_bids_max: limits.acked_bids_max,
             turn_wait: delivery_timeout,
         };
+        let web_metrics = web::Data::new(WebMetrics::new().context("Failed to register the metrics")?);
         let state = web::Data::new(AppState {
-            bidding: Arc::new(Bidding::new(Arc::clone(&store), Arc::clone(&board), publisher, &bidding_limits)),
+            bidding: Arc::new(Bidding::new(Arc::clone(&store), Arc::clone(&board), publisher, &bidding_limits, web_metrics.clone().into_inner())),
             board,
             store,
             templates: Templates::new().context("Failed to load the templates")?,
@@ -215,11 +217,14 @@ impl Application {
                 .app_data(front_door.clone())
                 .app_data(admin.clone())
                 .app_data(feed.clone())
+                .app_data(web_metrics.clone())
                 .wrap(middleware::from_fn(security::limit_body))
+                // Outside the body limit, which refuses an oversized bid before any route.
+                .wrap(middleware::from_fn(metrics::count_refusals))
                 .wrap(security::headers())
                 .wrap(middleware::Condition::new(
                     access_log,
-                    middleware::Logger::new("%a \"%r\" %s %Dms").exclude("/healthz").exclude("/readyz"),
+                    middleware::Logger::new("%a \"%r\" %s %Dms").exclude("/healthz").exclude("/readyz").exclude("/metrics"),
                 ))
                 .configure(routes)
         })
@@ -303,7 +308,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/api/auctions/{id}/bids").wrap(middleware::from_fn(security::limit_bids)).route(web::post().to(api::place_bid)))
         .route("/api/bids/{bid_id}", web::get().to(api::get_bid))
         .route("/healthz", web::get().to(api::healthz))
-        .route("/readyz", web::get().to(api::readyz));
+        .route("/readyz", web::get().to(api::readyz))
+        .route("/metrics", web::get().to(metrics::metrics));
 }
 
 /// Creates the topic and registers the schema, retrying until both succeed, so the site can
