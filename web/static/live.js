@@ -204,11 +204,13 @@
     document.getElementById("no-bids").hidden = true;
   }
   var boardAuctions = [];
+  // The dashboard lists the auctions ending soonest; "/" lists them all.
+  var DASHBOARD_AUCTIONS = 20;
   function drawAuctions() {
     var tbody = document.querySelector("#open-auctions tbody");
     if (!tbody) { return; }
     while (tbody.firstChild) { tbody.removeChild(tbody.firstChild); }
-    for (var n = 0; n < boardAuctions.length; n++) {
+    for (var n = 0; n < Math.min(boardAuctions.length, DASHBOARD_AUCTIONS); n++) {
       var a = boardAuctions[n], s = standing(String(a.id));
       var tr = el("tr");
       tr.setAttribute("data-auction", String(a.id));
@@ -288,7 +290,7 @@
     for (var t = 0; t < health.top_bidders.length; t++) {
       var li = el("li");
       li.appendChild(el("span", health.top_bidders[t].name, "name"));
-      li.appendChild(el("span", health.top_bidders[t].bids + " bids", "count"));
+      li.appendChild(el("span", health.top_bidders[t].bids + (health.top_bidders[t].bids === 1 ? " bid" : " bids"), "count"));
       top.appendChild(li);
     }
     document.getElementById("no-top").hidden = health.top_bidders.length > 0;
@@ -334,7 +336,7 @@
       update(id, auction);
     }
     var total = document.getElementById("open-total");
-    if (total) { total.textContent = "(" + data.open_total + (data.open_total > boardAuctions.length ? ", soonest " + boardAuctions.length + " shown" : "") + ")"; }
+    if (total) { total.textContent = "(" + data.open_total + (data.open_total > DASHBOARD_AUCTIONS ? "; the " + DASHBOARD_AUCTIONS + " ending soonest" : "") + ")"; }
     drawAuctions();
     drawHealth(data.health);
   }
