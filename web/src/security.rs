@@ -223,7 +223,7 @@ pub async fn limit_bids(req: ServiceRequest, next: Next<impl MessageBody + 'stat
     if let Some(ip) = door.client_ip(req.request()) {
         if let Err(wait) = door.bids.check(ip, Instant::now()) {
             let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-            log::info!("rate limit: bid from {ip} refused, retry in {secs} s");
+            log::debug!("rate limit: bid from {ip} refused, retry in {secs} s");
             let message = format!(
                 "too many bids from your address (at most {} a second, {} at once); try again in {secs} s",
                 door.bids.rate_per_sec(),
