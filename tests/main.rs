@@ -9,6 +9,7 @@ mod delivery;
 mod dlq_audit;
 mod helpers;
 mod pages;
+mod report;
 mod site;
 mod standing;
 mod status;

@@ -8,4 +8,5 @@ pub mod db_writer;
 pub mod dlq;
 pub mod file_backup;
 pub mod pipeline;
+pub mod report;
 pub mod status;
