@@ -36,7 +36,8 @@ const AXIS_LEFT: f64 = 90.0;
 const LABEL_LEFT: f64 = 300.0;
 /// At most this many columns in "bids over time": the bucket grows (minute, 5 min, ...) until they fit.
 const MAX_COLUMNS: i64 = 120;
-/// A price ladder draws every bid as a dot up to this many bids; beyond, only the step line.
+/// A price ladder draws every bid as a dot up to this many bids; beyond, only the step line,
+/// from the greatest price per horizontal unit.
 const LADDER_MAX_DOTS: usize = 300;
 
 #[derive(clap::Args, Debug)]
@@ -87,8 +88,8 @@ fn write(path: &Path, html: &str) -> std::io::Result<()> {
 pub struct Report {
     generated_at: String,
     source: String,
-    auctions: u64,
-    open_auctions: u64,
+    auctions: String,
+    open_auctions: String,
     bids_recorded: String,
     bids_counted: String,
     bidders: String,
@@ -270,9 +271,7 @@ async fn read(conn: &mut Conn, args: &ReportArgs, source: &str) -> Result<Report
 
     let mut ladders = Vec::new();
     for row in busiest.iter().take(args.ladders) {
-        let bids: Vec<(Decimal, NaiveDateTime, String)> =
-            conn.exec("SELECT price, bid_ts, name FROM v_bids WHERE auction_id = ? ORDER BY bid_ts, bid_id", (row.0,)).await?;
-        if let Some(ladder) = ladder(row.0, &row.1, &bids) {
+        if let Some(ladder) = read_ladder(conn, row.0, &row.1).await? {
             ladders.push(ladder);
         }
     }
@@ -280,8 +279,8 @@ async fn read(conn: &mut Conn, args: &ReportArgs, source: &str) -> Result<Report
     Ok(Report {
         generated_at: format_ts(&auction_common::domain::now_micros()),
         source: source.to_owned(),
-        auctions,
-        open_auctions,
+        auctions: count(auctions),
+        open_auctions: count(open_auctions),
         bids_recorded: count(bids_recorded),
         bids_counted: count(bids_counted),
         bidders: count(bidders),
@@ -413,61 +412,92 @@ fn bar_chart(rows: Vec<(String, u64)>) -> Option<BarChart> {
     Some(BarChart { width: CHART_WIDTH, height: round1(bars.len() as f64 * row_height + 8.0), label_right: LABEL_LEFT - 8.0, bars })
 }
 
-/// The ladder of one auction's bids (in `bid_ts` order): the highest price so far as a step
-/// line, at most one vertex pair per horizontal unit, and each bid as a dot when there are few.
-fn ladder(auction_id: u64, title: &str, bids: &[(Decimal, NaiveDateTime, String)]) -> Option<Ladder> {
-    let (first, last) = (bids.first()?.1.and_utc(), bids.last()?.1.and_utc());
-    let (width, height, top, bottom, right) = (CHART_WIDTH / 2.0 - 10.0, 240.0, 12.0, 206.0, CHART_WIDTH / 2.0 - 24.0);
-    let left = AXIS_LEFT;
-    let max_price = bids.iter().map(|b| b.0).max()?.to_f64()?;
-    let y_max = nice_ceiling(max_price);
+/// A point a ladder is drawn from: one bid (with its bidder, drawn as a dot), or for a busy
+/// auction the greatest price bid in one horizontal unit of the chart, at the unit's first bid.
+struct LadderPoint {
+    price: Decimal,
+    ts: NaiveDateTime,
+    name: Option<String>,
+}
+
+/// Geometry of a ladder chart: it takes half the page's width.
+const LADDER_WIDTH: f64 = CHART_WIDTH / 2.0 - 10.0;
+const LADDER_RIGHT: f64 = CHART_WIDTH / 2.0 - 24.0;
+
+/// Reads one auction's bids for its ladder: every bid when there are few, else the greatest
+/// price per horizontal unit, so a busy auction costs one grouped index range read, not a
+/// transfer of all its bids.
+async fn read_ladder(conn: &mut Conn, auction_id: u64, title: &str) -> Result<Option<Ladder>, mysql_async::Error> {
+    let span: Option<(u64, Option<NaiveDateTime>, Option<NaiveDateTime>)> =
+        conn.exec_first("SELECT COUNT(*), MIN(bid_ts), MAX(bid_ts) FROM v_bids WHERE auction_id = ?", (auction_id,)).await?;
+    let Some((bids, Some(first), Some(last))) = span else { return Ok(None) };
+    let points: Vec<LadderPoint> = if bids as usize <= LADDER_MAX_DOTS {
+        let rows: Vec<(Decimal, NaiveDateTime, String)> =
+            conn.exec("SELECT price, bid_ts, name FROM v_bids WHERE auction_id = ? ORDER BY bid_ts, bid_id", (auction_id,)).await?;
+        rows.into_iter().map(|(price, ts, name)| LadderPoint { price, ts, name: Some(name) }).collect()
+    } else {
+        let span_us = (last - first).num_microseconds().unwrap_or(i64::MAX).max(1);
+        let unit_us = (span_us / (LADDER_RIGHT - AXIS_LEFT) as i64).max(1);
+        let rows: Vec<(NaiveDateTime, Decimal)> = conn
+            .exec(
+                "SELECT MIN(bid_ts), MAX(price) FROM v_bids WHERE auction_id = ?
+                 GROUP BY FLOOR(TIMESTAMPDIFF(MICROSECOND, ?, bid_ts) / ?) ORDER BY 1",
+                (auction_id, first, unit_us),
+            )
+            .await?;
+        rows.into_iter().map(|(ts, price)| LadderPoint { price, ts, name: None }).collect()
+    };
+    Ok(ladder(auction_id, title, bids, first, last, &points))
+}
+
+/// The ladder of one auction: the highest price so far as a step line (one vertical step per
+/// horizontal unit at most), and a dot for each point that is a bid.
+fn ladder(auction_id: u64, title: &str, bids: u64, first: NaiveDateTime, last: NaiveDateTime, points: &[LadderPoint]) -> Option<Ladder> {
+    let (height, top, bottom, left, right) = (240.0, 12.0, 206.0, AXIS_LEFT, LADDER_RIGHT);
+    let y_max = nice_ceiling(points.iter().map(|p| p.price).max()?.to_f64()?);
     let span_us = (last - first).num_microseconds().unwrap_or(i64::MAX).max(1) as f64;
-    let x_of = |ts: NaiveDateTime| left + (right - left) * ((ts.and_utc() - first).num_microseconds().unwrap_or(0) as f64 / span_us);
+    let x_of = |ts: NaiveDateTime| left + (right - left) * ((ts - first).num_microseconds().unwrap_or(0) as f64 / span_us);
     let y_of = |p: Decimal| bottom - (bottom - top) * p.to_f64().unwrap_or(0.0) / y_max;
 
-    let mut path = String::new();
+    // (x, y) of each rise of the highest price; rises in the same unit keep only the last.
+    let mut rises: Vec<(f64, f64)> = Vec::new();
     let mut best: Option<Decimal> = None;
-    let mut last_x = left;
-    for (price, ts, _) in bids {
-        if best.is_some_and(|b| *price <= b) {
+    for p in points {
+        if best.is_some_and(|b| p.price <= b) {
             continue;
         }
-        let (x, y) = (round1(x_of(*ts)), round1(y_of(*price)));
-        if best.is_none() {
-            path.push_str(&format!("M{x} {y}"));
-        } else if x - last_x < 1.0 {
-            // Same horizontal unit as the previous step: raise it instead of adding one.
-            path.push_str(&format!(" V{y}"));
-        } else {
-            path.push_str(&format!(" H{x} V{y}"));
+        best = Some(p.price);
+        let (x, y) = (round1(x_of(p.ts)), round1(y_of(p.price)));
+        match rises.last_mut() {
+            Some(prev) if x - prev.0 < 1.0 => prev.1 = y,
+            _ => rises.push((x, y)),
         }
-        best = Some(*price);
-        last_x = x;
+    }
+    let mut path = String::new();
+    for (i, (x, y)) in rises.iter().enumerate() {
+        path.push_str(&if i == 0 { format!("M{x} {y}") } else { format!(" H{x} V{y}") });
     }
     path.push_str(&format!(" H{}", round1(right)));
-    let dots = if bids.len() <= LADDER_MAX_DOTS {
-        bids.iter()
-            .map(|(price, ts, name)| Dot {
-                x: round1(x_of(*ts)),
-                y: round1(y_of(*price)),
-                tip: format!("{name}: {} at {}", money(*price), Stamp::of(*ts).exact),
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let dots = points
+        .iter()
+        .filter_map(|p| {
+            let name = p.name.as_ref()?;
+            Some(Dot { x: round1(x_of(p.ts)), y: round1(y_of(p.price)), tip: format!("{name}: {} at {}", money(p.price), Stamp::of(p.ts).exact) })
+        })
+        .collect();
+    let (first, last) = (first.and_utc(), last.and_utc());
     let short = |t: DateTime<Utc>| if last - first > chrono::Duration::days(2) { t.format("%Y-%m-%d").to_string() } else { t.format("%m-%d %H:%M").to_string() };
     Some(Ladder {
         auction_id,
         title: title.to_owned(),
-        bids: count(bids.len() as u64),
-        width,
+        bids: count(bids),
+        width: LADDER_WIDTH,
         height,
         plot_left: left,
         plot_right: right,
         plot_top: top,
         plot_bottom: bottom,
-        grid: grid(top, bottom, y_max, |v| money(Decimal::from_f64_retain(v).unwrap_or_default().round_dp(2))),
+        grid: grid(top, bottom, y_max, |v| money(Decimal::from_f64_retain(v).unwrap_or_default())),
         x_labels: vec![XLabel { x: left, label: short(first) }, XLabel { x: right, label: short(last) }],
         path,
         dots,
@@ -566,12 +596,13 @@ mod tests {
     #[test]
     fn a_ladder_steps_up_at_each_new_highest_price_only() {
         let t = |s: u32| NaiveDateTime::parse_from_str(&format!("2026-12-01 10:00:{s:02}"), "%Y-%m-%d %H:%M:%S").unwrap();
-        let d = |s: &str| Decimal::from_str(s).unwrap();
-        let bids = vec![(d("10"), t(0), "a".into()), (d("5"), t(10), "b".into()), (d("20"), t(20), "c".into())];
-        let ladder = ladder(1, "x", &bids).unwrap();
-        // Starts at the first bid, ignores the lower one, steps to 20.00, runs to the right edge.
+        let p = |price: &str, s: u32| LadderPoint { price: Decimal::from_str(price).unwrap(), ts: t(s), name: Some("a".into()) };
+        let points = vec![p("10", 0), p("5", 10), p("20", 20), p("21", 20)];
+        let ladder = ladder(1, "x", 4, t(0), t(20), &points).unwrap();
+        // Starts at the first bid, ignores the lower one, one step up for the two rises at 20 s
+        // (same horizontal unit, the greater kept), then runs to the right edge.
         assert_eq!(ladder.path.matches('V').count(), 1, "{}", ladder.path);
-        assert_eq!(ladder.dots.len(), 3);
-        assert_eq!(ladder.grid.last().unwrap().label, "20.00");
+        assert_eq!(ladder.dots.len(), 4);
+        assert_eq!(ladder.grid.last().unwrap().label, "25.00");
     }
 }

@@ -94,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
         ("v_bids", "SELECT * FROM v_bids".into()),
         ("v_bids", format!("SELECT * FROM v_bids WHERE auction_id = {busiest} ORDER BY bid_ts")),
         ("v_bids", format!("SELECT * FROM v_bids WHERE bid_ts >= '{hour_ago}'")),
+        ("v_bids", format!("SELECT * FROM v_bids WHERE bid_ts >= '{day_ago}' AND bid_ts < '{day_ago}' + INTERVAL 1 HOUR")),
         ("v_auction_summary", "SELECT * FROM v_auction_summary".into()),
         ("v_auction_summary", "SELECT * FROM v_auction_summary WHERE status = 'open' ORDER BY bids DESC LIMIT 20".into()),
         ("v_bids_per_minute", "SELECT * FROM v_bids_per_minute".into()),
