@@ -17,7 +17,7 @@ use auction_common::config::DatabaseConfig;
 use auction_common::domain::format_ts;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use mysql_async::prelude::Queryable;
-use mysql_async::Conn;
+use mysql_async::TxOpts;
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -64,9 +64,18 @@ pub struct ReportArgs {
 pub async fn run_command(args: ReportArgs) -> anyhow::Result<()> {
     let pool = auction_common::db::pool(&args.database).with_context(|| format!("Invalid DATABASE_URL {}", args.database.redacted_url()))?;
     let mut conn = pool.get_conn().await.with_context(|| format!("Failed to connect to {}", args.database.redacted_url()))?;
-    let report = read(&mut conn, &args, &args.database.redacted_url())
+    // One snapshot for every query, so the page's figures agree with each other while the
+    // db-writers go on writing.
+    let mut options = TxOpts::default();
+    options.with_consistent_snapshot(true).with_readonly(true);
+    let mut snapshot = conn
+        .start_transaction(options)
+        .await
+        .with_context(|| format!("Failed to start a read-only transaction on {}", args.database.redacted_url()))?;
+    let report = read(&mut snapshot, &args, &args.database.redacted_url())
         .await
         .with_context(|| format!("Failed to read the analysts' views from {}", args.database.redacted_url()))?;
+    snapshot.rollback().await.ok();
     drop(conn);
     pool.disconnect().await.ok();
     let html = render(&report)?;
@@ -227,7 +236,7 @@ struct Dot {
     tip: String,
 }
 
-async fn read(conn: &mut Conn, args: &ReportArgs, source: &str) -> Result<Report, mysql_async::Error> {
+async fn read<Q: Queryable>(conn: &mut Q, args: &ReportArgs, source: &str) -> Result<Report, mysql_async::Error> {
     let (auctions, open_auctions, bids_counted): (u64, u64, u64) = conn
         .query_first("SELECT COUNT(*), CAST(COALESCE(SUM(status = 'open'), 0) AS UNSIGNED), CAST(COALESCE(SUM(bids), 0) AS UNSIGNED) FROM v_auction_summary")
         .await?
@@ -330,7 +339,7 @@ const BUCKETS: [(i64, &str); 9] = [
 ];
 
 /// Bids per bucket from the first minute with bids to the last, empty buckets included.
-async fn over_time(conn: &mut Conn, first: DateTime<Utc>, last: DateTime<Utc>) -> Result<ColumnChart, mysql_async::Error> {
+async fn over_time<Q: Queryable>(conn: &mut Q, first: DateTime<Utc>, last: DateTime<Utc>) -> Result<ColumnChart, mysql_async::Error> {
     let span = (last - first).num_seconds() + 60;
     let (bucket, bucket_name) = BUCKETS.iter().copied().find(|(b, _)| span / b < MAX_COLUMNS).unwrap_or(BUCKETS[BUCKETS.len() - 1]);
     // Buckets aligned on the Unix epoch (UTC midnight for days); the pool's session is UTC, so
@@ -427,7 +436,7 @@ const LADDER_RIGHT: f64 = CHART_WIDTH / 2.0 - 24.0;
 /// Reads one auction's bids for its ladder: every bid when there are few, else the greatest
 /// price per horizontal unit, so a busy auction costs one grouped index range read, not a
 /// transfer of all its bids.
-async fn read_ladder(conn: &mut Conn, auction_id: u64, title: &str) -> Result<Option<Ladder>, mysql_async::Error> {
+async fn read_ladder<Q: Queryable>(conn: &mut Q, auction_id: u64, title: &str) -> Result<Option<Ladder>, mysql_async::Error> {
     let span: Option<(u64, Option<NaiveDateTime>, Option<NaiveDateTime>)> =
         conn.exec_first("SELECT COUNT(*), MIN(bid_ts), MAX(bid_ts) FROM v_bids WHERE auction_id = ?", (auction_id,)).await?;
     let Some((bids, Some(first), Some(last))) = span else { return Ok(None) };
