@@ -360,8 +360,9 @@ async fn over_time<Q: Queryable>(conn: &mut Q, first: DateTime<Utc>, last: DateT
             *slot += bids;
         }
     }
-    let (height, top, bottom, right) = (260.0, 12.0, 226.0, CHART_WIDTH - 10.0);
-    let max = nice_ceiling(counts.iter().copied().max().unwrap_or(0) as f64);
+    // Room on the right for half of the last time label, which is centred on its column.
+    let (height, top, bottom, right) = (260.0, 12.0, 226.0, CHART_WIDTH - 45.0);
+    let max = axis_max(counts.iter().copied().max().unwrap_or(0) as f64, 1.0);
     let step = (right - AXIS_LEFT) / n as f64;
     let label_at = |i: usize| {
         let t = DateTime::from_timestamp((start + i as i64) * bucket, 0).unwrap_or(first);
@@ -463,7 +464,7 @@ async fn read_ladder<Q: Queryable>(conn: &mut Q, auction_id: u64, title: &str) -
 /// horizontal unit at most), and a dot for each point that is a bid.
 fn ladder(auction_id: u64, title: &str, bids: u64, first: NaiveDateTime, last: NaiveDateTime, points: &[LadderPoint]) -> Option<Ladder> {
     let (height, top, bottom, left, right) = (240.0, 12.0, 206.0, AXIS_LEFT, LADDER_RIGHT);
-    let y_max = nice_ceiling(points.iter().map(|p| p.price).max()?.to_f64()?);
+    let y_max = axis_max(points.iter().map(|p| p.price).max()?.to_f64()?, 0.01);
     let span_us = (last - first).num_microseconds().unwrap_or(i64::MAX).max(1) as f64;
     let x_of = |ts: NaiveDateTime| left + (right - left) * ((ts - first).num_microseconds().unwrap_or(0) as f64 / span_us);
     let y_of = |p: Decimal| bottom - (bottom - top) * p.to_f64().unwrap_or(0.0) / y_max;
@@ -518,14 +519,20 @@ fn grid(top: f64, bottom: f64, max: f64, label: impl Fn(f64) -> String) -> Vec<G
     (0..=4).map(|i| GridLine { y: round1(bottom - (bottom - top) * i as f64 / 4.0), label: label(max * i as f64 / 4.0) }).collect()
 }
 
-/// The smallest 1, 2, 2.5 or 5 times a power of ten that is at least `v` (1 for nothing), so
-/// the axis reads in round steps of a quarter.
-fn nice_ceiling(v: f64) -> f64 {
-    if v <= 1.0 {
-        return 1.0;
-    }
-    let magnitude = 10f64.powf(v.log10().floor());
-    [1.0, 2.0, 2.5, 5.0, 10.0].iter().map(|m| m * magnitude).find(|c| *c >= v).unwrap_or(10.0 * magnitude)
+/// The top of an axis that reads in four equal, round steps (1, 1.5, 2, 2.5, 3, 4, 5, 6 or 8
+/// times a power of ten), the smallest reaching `v`. A step is a whole number of `unit`s (1 for
+/// counts, 0.01 for money), so no gridline is labelled with a rounded value.
+fn axis_max(v: f64, unit: f64) -> f64 {
+    let quarter = (v / 4.0).max(unit);
+    let magnitude = 10f64.powf(quarter.log10().floor());
+    let whole = |s: &f64| ((s / unit).round() - s / unit).abs() < 1e-9;
+    let step = [1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0]
+        .iter()
+        .map(|m| m * magnitude)
+        .filter(whole)
+        .find(|s| *s >= quarter - 1e-9)
+        .unwrap_or(10.0 * magnitude);
+    4.0 * step
 }
 
 fn round1(v: f64) -> f64 {
@@ -594,12 +601,14 @@ mod tests {
     }
 
     #[test]
-    fn axes_end_on_round_numbers() {
-        assert_eq!(nice_ceiling(0.0), 1.0);
-        assert_eq!(nice_ceiling(7.0), 10.0);
-        assert_eq!(nice_ceiling(180.0), 200.0);
-        assert_eq!(nice_ceiling(2100.0), 2500.0);
-        assert_eq!(nice_ceiling(5000.0), 5000.0);
+    fn axes_read_in_four_round_steps_of_whole_units() {
+        assert_eq!(axis_max(0.0, 1.0), 4.0);
+        assert_eq!(axis_max(5.0, 1.0), 8.0, "quarters of 1.5 bids would be labelled 2 and 3 for 1.5 and 3");
+        assert_eq!(axis_max(9.0, 1.0), 12.0);
+        assert_eq!(axis_max(150_000.0, 1.0), 160_000.0);
+        assert_eq!(axis_max(21.0, 0.01), 24.0);
+        assert_eq!(axis_max(0.05, 0.01), 0.08, "never a step of half a cent");
+        assert_eq!(axis_max(508_473.81, 0.01), 600_000.0);
     }
 
     #[test]
@@ -612,6 +621,6 @@ mod tests {
         // (same horizontal unit, the greater kept), then runs to the right edge.
         assert_eq!(ladder.path.matches('V').count(), 1, "{}", ladder.path);
         assert_eq!(ladder.dots.len(), 4);
-        assert_eq!(ladder.grid.last().unwrap().label, "25.00");
+        assert_eq!(ladder.grid.last().unwrap().label, "24.00");
     }
 }
