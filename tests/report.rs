@@ -36,7 +36,9 @@ async fn run_report(stack: &TestStack, out: &PathBuf) -> String {
     let url = analyst_url(stack);
     let parsed = Cli::try_parse_from(["auction-consumer", "report", "--out", out.to_str().unwrap(), "--database-url", &url]).unwrap();
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
-    cli::run(parsed.command, shutdown).await.expect("the report is written");
+    cli::run(parsed.command, shutdown).await.unwrap_or_else(|e| {
+        panic!("the report is written as the analyst user: {e:#} (access denied? `make stack-up` applies scripts/stack.sh's grants: SELECT on auction_test_* for analyst)")
+    });
     std::fs::read_to_string(out).expect("the report file")
 }
 
