@@ -5,7 +5,7 @@ CARGO ?= cargo
 # partitions sit idle): `make up WRITERS=4`.
 WRITERS ?= 2
 
-.PHONY: run test up down stack-up stack-down status build release migrate bench bench-live chaos check-toolchain
+.PHONY: run test up down stack-up stack-down status build release migrate bench bench-live chaos check-toolchain report bench-views
 
 ## run: build, start the stack, the site on http://127.0.0.1:8080, WRITERS (2) db-writers and a file-backup (Ctrl-C stops all)
 run: release
@@ -52,6 +52,14 @@ bench-live: up
 chaos: release
 	$(CARGO) build --release --locked -p auction-tests --example chaos_load
 	@bash scripts/chaos.sh
+
+## report: a static HTML report with charts from the analysts' views (read-only analyst user); prints its path
+report: release
+	@target/release/auction-consumer report --out target/report/auction-report.html
+
+## bench-views: fill a private database with 1,000,000 bids through the db-writer and time every analyst view
+bench-views: check-toolchain stack-up
+	$(CARGO) run --release --locked -p auction-tests --example views_bench -- $(VIEWS_BENCH_ARGS)
 
 check-toolchain:
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust 1.89 or newer with rustup (https://rustup.rs)"; exit 1; }

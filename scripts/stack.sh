@@ -212,7 +212,11 @@ mariadb_users_sql() {
           # The same rights on the tests' own databases, so tests run the programs as this user.
           echo "GRANT SELECT, INSERT, UPDATE ON \`auction\\_test\\_%\`.* TO $who;"
           ;;
-        analyst) echo "GRANT SELECT ON auction.* TO $who;" ;;
+        analyst)
+          echo "GRANT SELECT ON auction.* TO $who;"
+          # Read-only on the tests' databases too, so the report is tested as the user that runs it.
+          echo "GRANT SELECT ON \`auction\\_test\\_%\`.* TO $who;"
+          ;;
         auction_admin)
           echo "GRANT ALL PRIVILEGES ON auction.* TO $who;"
           # Tests create and drop their own databases named auction_test_<something>.

@@ -11,6 +11,7 @@ mod dlq_audit;
 mod helpers;
 mod metrics;
 mod pages;
+mod report;
 mod site;
 mod standing;
 mod status;

@@ -57,6 +57,8 @@ pub enum Command {
     Audit(crate::audit::AuditArgs),
     /// Each consumer group of the topic: members, partitions, committed and end offsets, lag.
     Status(crate::status::StatusArgs),
+    /// Write a static HTML report with charts from the analysts' views (read-only analyst user).
+    Report(crate::report::ReportArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -116,6 +118,7 @@ pub async fn run(command: Command, shutdown: watch::Receiver<bool>) -> anyhow::R
         Command::Dlq { command } => crate::dlq::run_command(command, shutdown).await,
         Command::Audit(args) => crate::audit::run_command(args, shutdown).await,
         Command::Status(args) => crate::status::run_command(args).await,
+        Command::Report(args) => crate::report::run_command(args).await,
     }
 }
 
@@ -146,5 +149,7 @@ mod tests {
             panic!("file-backup")
         };
         assert_eq!((group.as_str(), backup_csv.to_str()), ("bid-file-backup", Some("data/bids.csv")));
+        let Command::Report(report) = Cli::try_parse_from(["auction-consumer", "report"]).unwrap().command else { panic!("report") };
+        assert_eq!(report.database.url, crate::report::ANALYST_DATABASE_URL, "the report reads as the read-only analyst");
     }
 }

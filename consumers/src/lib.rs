@@ -9,4 +9,5 @@ pub mod dlq;
 pub mod file_backup;
 pub mod metrics;
 pub mod pipeline;
+pub mod report;
 pub mod status;
