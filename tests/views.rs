@@ -84,6 +84,10 @@ async fn the_views_count_bids_bidders_minutes_and_winners_as_the_bids_say() {
         top,
         vec![("Ada".into(), 3, 2, "20.00".into()), ("Bob".into(), 2, 2, "30.00".into()), ("Cy".into(), 2, 2, "40.00".into())]
     );
+    // The per-bidder totals the dashboard reads agree with the view.
+    let totals: Vec<(String, u64, String)> =
+        conn.query("SELECT name, bids, CAST(highest_price AS CHAR) FROM bidder_totals ORDER BY bids DESC, name").await.unwrap();
+    assert_eq!(totals, vec![("Ada".into(), 3, "20.00".into()), ("Bob".into(), 2, "30.00".into()), ("Cy".into(), 2, "40.00".into())]);
 
     let titled: Vec<(String, String)> = conn.query("SELECT name, auction_title FROM v_bids WHERE auction_id = 3").await.unwrap();
     assert_eq!(titled, vec![("Cy".into(), "Closed, unsold".into())]);

@@ -14,6 +14,7 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     (3, "auction_rules_and_standing", include_str!("../../sql/migrations/0003_auction_rules_and_standing.sql")),
     (4, "analyst_summaries", include_str!("../../sql/migrations/0004_analyst_summaries.sql")),
     (5, "bid_time_index", include_str!("../../sql/migrations/0005_bid_time_index.sql")),
+    (6, "bidder_totals", include_str!("../../sql/migrations/0006_bidder_totals.sql")),
 ];
 
 pub fn pool(config: &DatabaseConfig) -> Result<Pool, mysql_async::Error> {

@@ -217,6 +217,28 @@ async fn update_activity(tx: &mut Transaction<'_>, inserted: &[&Bid]) -> Result<
         ),
         params,
     )
+    .await?;
+    // Sorted by name, as bidder_activity above, so concurrent writers lock rows in one order.
+    let mut per_name: BTreeMap<&str, (u64, Decimal, NaiveDateTime)> = BTreeMap::new();
+    for ((name, _), (n, highest, last)) in &per_bidder {
+        let entry = per_name.entry(name).or_insert((0, *highest, *last));
+        entry.0 += n;
+        entry.1 = entry.1.max(*highest);
+        entry.2 = entry.2.max(*last);
+    }
+    let mut params: Vec<Value> = Vec::with_capacity(per_name.len() * 4);
+    for (name, (n, highest, last)) in &per_name {
+        params.extend([(*name).into(), (*n).into(), (*highest).into(), (*last).into()]);
+    }
+    tx.exec_drop(
+        format!(
+            "INSERT INTO bidder_totals (name, bids, highest_price, last_bid_ts) VALUES {}
+             ON DUPLICATE KEY UPDATE bids = bids + VALUES(bids), highest_price = GREATEST(highest_price, VALUES(highest_price)),
+                                     last_bid_ts = GREATEST(last_bid_ts, VALUES(last_bid_ts))",
+            placeholders(per_name.len(), "(?,?,?,?)")
+        ),
+        params,
+    )
     .await
 }
 

@@ -252,16 +252,12 @@ impl Store {
         Ok(rows.into_iter().map(|(minute, bids)| (minute, u64::try_from(bids).unwrap_or(0))).collect())
     }
 
-    /// The `limit` bidders with the most bids over every auction, most first.
+    /// The `limit` bidders with the most bids over every auction, most first: the last entries
+    /// of index ix_bidder_totals_bids, so the cost does not grow with the bidders.
     pub async fn top_bidders(&self, limit: usize) -> Result<Vec<(String, u64)>, StoreError> {
-        let rows: Vec<(String, Decimal)> = self
-            .call(Box::new(move |conn| {
-                Box::pin(conn.exec(
-                    "SELECT name, SUM(bids) AS total FROM bidder_activity GROUP BY name ORDER BY total DESC, name LIMIT ?",
-                    (limit as u64,),
-                ))
-            }))
-            .await?;
-        Ok(rows.into_iter().map(|(name, bids)| (name, u64::try_from(bids).unwrap_or(0))).collect())
+        self.call(Box::new(move |conn| {
+            Box::pin(conn.exec("SELECT name, bids FROM bidder_totals ORDER BY bids DESC, name DESC LIMIT ?", (limit as u64,)))
+        }))
+        .await
     }
 }
