@@ -62,7 +62,14 @@ say() { printf '%-9s %s\n' "$1" "$2"; }
 
 # A process is ours when its command line names this clone's .stack/ (guards against pid reuse and
 # against a stranger that happens to hold our port).
-is_ours() { [[ -r /proc/$1/cmdline ]] && tr '\0' ' ' <"/proc/$1/cmdline" | grep -qF "$STACK/"; }
+names_our_stack() { [[ -r /proc/$1/cmdline ]] && tr '\0' ' ' <"/proc/$1/cmdline" | grep -qF "$STACK/"; }
+# nginx's workers hold its port too but show only "nginx: worker process": theirs is the parent's.
+is_ours() {
+  names_our_stack "$1" && return 0
+  local parent
+  parent=$(ps -o ppid= -p "$1" 2>/dev/null | tr -d ' ')
+  [[ -n $parent && $parent -gt 1 ]] && names_our_stack "$parent"
+}
 
 port_pids() { ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u; }
 
