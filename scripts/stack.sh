@@ -7,7 +7,8 @@
 # and the same services as a managed cluster shows them (`make -s secure-env` prints the settings):
 #   Kafka SASL_SSL       127.0.0.1:9094   (SCRAM-SHA-512, user KAFKA_SCRAM_USER; certificate of our own CA)
 #   registry over https  127.0.0.1:8444   (nginx in front of Apicurio: TLS and basic auth, user REGISTRY_USER)
-# The CA and the server certificate (for 127.0.0.1 and localhost) are made once with openssl, in .stack/tls/.
+# The CA and the server certificate (for 127.0.0.1 and localhost) are made once with openssl, in .stack/tls/;
+# MariaDB offers TLS with it too (DATABASE_URL ...?ssl-mode=VERIFY_IDENTITY, DATABASE_SSL_CA=.stack/tls/ca.crt).
 # Usage: scripts/stack.sh up|down|status|secure-env
 #
 # A second, independent stack (as `make chaos` uses, so its restarts touch nothing else) runs with
@@ -193,6 +194,11 @@ collation-server = utf8mb4_unicode_ci
 default-time-zone = '+00:00'
 innodb_buffer_pool_size = 256M
 max_connections = 500
+# TLS offered (not required), with the certificate Kafka and nginx use: a client can connect
+# with ssl-mode=VERIFY_IDENTITY as to a managed MySQL.
+ssl_cert = $TLS/server.crt
+ssl_key = $TLS/server.key
+ssl_ca = $TLS/ca.crt
 EOF
 }
 
@@ -567,6 +573,8 @@ SCHEMA_REGISTRY_URL=https://127.0.0.1:$REGISTRY_TLS_PORT/apis/ccompat/v7
 SCHEMA_REGISTRY_USERNAME=$REGISTRY_USER
 SCHEMA_REGISTRY_PASSWORD=$REGISTRY_PASSWORD
 SCHEMA_REGISTRY_CA_LOCATION=$TLS/ca.crt
+DATABASE_URL=mysql://auction:$AUCTION_DB_PASSWORD@127.0.0.1:$MARIADB_PORT/auction?ssl-mode=VERIFY_IDENTITY
+DATABASE_SSL_CA=$TLS/ca.crt
 EOF
 }
 

@@ -1,6 +1,6 @@
 //! The programs over the stack's secure endpoints, as they would run against a managed cluster:
-//! Kafka's SASL_SSL listener (SCRAM-SHA-512, a certificate of the stack's own CA) and the
-//! registry behind https and basic auth. The endpoints are read from `TEST_SECURE_<setting>`
+//! Kafka's SASL_SSL listener (SCRAM-SHA-512, a certificate of the stack's own CA), the registry
+//! behind https and basic auth, and MariaDB over TLS (`ssl-mode=VERIFY_IDENTITY`). The endpoints are read from `TEST_SECURE_<setting>`
 //! variables, the settings `make -s secure-env` prints (`make -s secure-env | sed
 //! 's/^/TEST_SECURE_/'` for a stack on other ports), with stack.sh's defaults.
 //!
@@ -8,7 +8,8 @@
 
 use std::time::{Duration, Instant};
 
-use auction_common::config::{KafkaConfig, RegistryConfig, SaslMechanism, Secret, SecurityProtocol};
+use auction_common::config::{DatabaseConfig, KafkaConfig, RegistryConfig, SaslMechanism, Secret, SecurityProtocol};
+use mysql_async::prelude::Queryable;
 use auction_consumers::cli::{self, Cli};
 use auction_web::Application;
 use clap::Parser;
@@ -32,6 +33,7 @@ struct Secure {
     registry_user: String,
     registry_password: String,
     registry_ca: String,
+    database_ca: String,
 }
 
 impl Secure {
@@ -46,6 +48,7 @@ impl Secure {
             registry_user: setting("SCHEMA_REGISTRY_USERNAME", "auction"),
             registry_password: setting("SCHEMA_REGISTRY_PASSWORD", "auction-registry-secret"),
             registry_ca: setting("SCHEMA_REGISTRY_CA_LOCATION", ca),
+            database_ca: setting("DATABASE_SSL_CA", ca),
         }
     }
 
@@ -65,6 +68,13 @@ impl Secure {
         registry.security.password = Some(Secret::new(&self.registry_password));
         registry.security.ca_location = Some(self.registry_ca.clone().into());
         registry
+    }
+
+    /// The test's database, over TLS with the host name checked.
+    fn database(&self, stack: &TestStack) -> DatabaseConfig {
+        let mut database = DatabaseConfig::new(format!("{}?ssl-mode=VERIFY_IDENTITY", stack.database.url), 4);
+        database.security.ssl_ca = Some(self.database_ca.clone().into());
+        database
     }
 
     /// The flags of a consumer over the secure endpoints, as an operator would type them.
@@ -127,15 +137,22 @@ async fn consumer_start_error(args: Vec<String>) -> String {
 }
 
 #[tokio::test]
-async fn a_bid_goes_over_sasl_ssl_and_the_authenticated_registry_into_mysql_and_the_csv() {
+async fn a_bid_goes_over_sasl_ssl_and_the_authenticated_registry_into_mysql_over_tls_and_the_csv() {
     let stack = TestStack::new().await;
     let secure = Secure::from_env();
     let mut config = stack.web_config();
     config.kafka = secure.kafka(&stack.kafka.topic);
     config.registry = secure.registry();
+    config.database = secure.database(&stack);
     let app = TestApp::spawn(config).await;
     let csv = stack.csv_path();
-    let mut writer_flags = vec!["db-writer".to_owned(), format!("--consumer-group=secure-db-{}", stack.suffix), format!("--database-url={}", stack.database.url)];
+    let database = secure.database(&stack);
+    let mut writer_flags = vec![
+        "db-writer".to_owned(),
+        format!("--consumer-group=secure-db-{}", stack.suffix),
+        format!("--database-url={}", database.url),
+        format!("--database-ssl-ca={}", secure.database_ca),
+    ];
     writer_flags.extend(secure.consumer_flags(&stack));
     let mut backup_flags = vec!["file-backup".to_owned(), format!("--consumer-group=secure-csv-{}", stack.suffix), format!("--backup-csv={}", csv.display())];
     backup_flags.extend(secure.consumer_flags(&stack));
@@ -162,6 +179,13 @@ async fn a_bid_goes_over_sasl_ssl_and_the_authenticated_registry_into_mysql_and_
     assert_eq!(lines.len(), 1);
     assert!(lines[0].iter().any(|field| field == bid_id), "{:?}", lines[0]);
     assert_eq!(stack.messages_in_topic(), 1);
+    // What the programs' MySQL sessions are: encrypted.
+    let pool = auction_common::db::pool(&database).expect("pool");
+    let mut conn = pool.get_conn().await.expect("a TLS connection");
+    let tls: Option<(String, String)> = conn.query_first("SHOW SESSION STATUS LIKE 'Ssl_version'").await.expect("status");
+    assert!(tls.as_ref().is_some_and(|(_, version)| version.starts_with("TLS")), "{tls:?}");
+    drop(conn);
+    pool.disconnect().await.ok();
     writer.stop().await;
     backup.stop().await;
     stack.cleanup().await;
@@ -191,19 +215,21 @@ async fn a_wrong_kafka_password_stops_the_site_and_the_consumers_at_once_naming_
 }
 
 #[tokio::test]
-async fn a_ca_that_does_not_sign_the_certificates_stops_the_site_naming_the_certificate_problem() {
+async fn a_ca_that_does_not_sign_the_certificates_stops_the_site_naming_each_certificate_problem() {
     let stack = TestStack::new().await;
     // The system's CAs: real ones, none of which signed the stack's certificates.
     let system_cas = "/etc/ssl/certs/ca-certificates.crt".to_owned();
-    let secure = Secure { kafka_ca: system_cas.clone(), registry_ca: system_cas, ..Secure::from_env() };
+    let secure = Secure { kafka_ca: system_cas.clone(), registry_ca: system_cas.clone(), database_ca: system_cas, ..Secure::from_env() };
     let mut config = stack.web_config();
     config.kafka = secure.kafka(&stack.kafka.topic);
     config.registry = secure.registry();
+    config.database = secure.database(&stack);
 
     let start = Instant::now();
     let error = web_start_error(config).await;
     assert!(error.contains(&format!("certificate not trusted: the Kafka broker at {}", secure.brokers)), "{error}");
     assert!(error.contains("certificate not trusted: the registry at https://"), "{error}");
+    assert!(error.contains("certificate not trusted: MySQL at mysql://auction:***@"), "{error}");
     assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
     stack.cleanup().await;
 }
