@@ -202,16 +202,16 @@ impl KafkaProperties {
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct KafkaSecurity {
     /// How to talk to the brokers: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.
-    #[arg(id = "kafka_security_protocol", long = "kafka-security-protocol", env = "KAFKA_SECURITY_PROTOCOL", value_enum, ignore_case = true, default_value = "PLAINTEXT")]
+    #[arg(id = "kafka_security_protocol", value_name = "PROTOCOL", long = "kafka-security-protocol", env = "KAFKA_SECURITY_PROTOCOL", value_enum, ignore_case = true, default_value = "PLAINTEXT")]
     pub protocol: SecurityProtocol,
     /// SASL mechanism (with SASL_*): PLAIN (Confluent Cloud API keys), SCRAM-SHA-256 or SCRAM-SHA-512.
-    #[arg(id = "kafka_sasl_mechanism", long = "kafka-sasl-mechanism", env = "KAFKA_SASL_MECHANISM", value_enum, ignore_case = true)]
+    #[arg(id = "kafka_sasl_mechanism", value_name = "MECHANISM", long = "kafka-sasl-mechanism", env = "KAFKA_SASL_MECHANISM", value_enum, ignore_case = true)]
     pub sasl_mechanism: Option<SaslMechanism>,
     /// SASL user name (the API key on Confluent Cloud).
-    #[arg(id = "kafka_sasl_username", long = "kafka-sasl-username", env = "KAFKA_SASL_USERNAME")]
+    #[arg(id = "kafka_sasl_username", value_name = "USER", long = "kafka-sasl-username", env = "KAFKA_SASL_USERNAME")]
     pub sasl_username: Option<String>,
     /// SASL password (the API secret on Confluent Cloud). Never logged.
-    #[arg(id = "kafka_sasl_password", long = "kafka-sasl-password", env = "KAFKA_SASL_PASSWORD", hide_env_values = true, conflicts_with = "kafka_sasl_password_file")]
+    #[arg(id = "kafka_sasl_password", value_name = "PASSWORD", long = "kafka-sasl-password", env = "KAFKA_SASL_PASSWORD", hide_env_values = true, conflicts_with = "kafka_sasl_password_file")]
     pub sasl_password: Option<Secret>,
     /// A file holding the SASL password, instead of KAFKA_SASL_PASSWORD.
     #[arg(id = "kafka_sasl_password_file", long = "kafka-sasl-password-file", env = "KAFKA_SASL_PASSWORD_FILE", value_name = "PATH", value_parser = read_secret_file)]
@@ -300,10 +300,10 @@ pub struct RegistrySecurity {
     #[arg(id = "schema_registry_ca_location", long = "schema-registry-ca-location", env = "SCHEMA_REGISTRY_CA_LOCATION", value_name = "PATH", value_parser = readable_file)]
     pub ca_location: Option<PathBuf>,
     /// Basic-auth user (the registry API key on Confluent Cloud).
-    #[arg(id = "schema_registry_username", long = "schema-registry-username", env = "SCHEMA_REGISTRY_USERNAME")]
+    #[arg(id = "schema_registry_username", value_name = "USER", long = "schema-registry-username", env = "SCHEMA_REGISTRY_USERNAME")]
     pub username: Option<String>,
     /// Basic-auth password (the registry API secret on Confluent Cloud). Never logged.
-    #[arg(id = "schema_registry_password", long = "schema-registry-password", env = "SCHEMA_REGISTRY_PASSWORD", hide_env_values = true, conflicts_with = "schema_registry_password_file")]
+    #[arg(id = "schema_registry_password", value_name = "PASSWORD", long = "schema-registry-password", env = "SCHEMA_REGISTRY_PASSWORD", hide_env_values = true, conflicts_with = "schema_registry_password_file")]
     pub password: Option<Secret>,
     /// A file holding the registry password, instead of SCHEMA_REGISTRY_PASSWORD.
     #[arg(id = "schema_registry_password_file", long = "schema-registry-password-file", env = "SCHEMA_REGISTRY_PASSWORD_FILE", value_name = "PATH", value_parser = read_secret_file)]
@@ -376,7 +376,7 @@ pub struct DatabaseSecurity {
     #[arg(id = "database_ssl_ca", long = "database-ssl-ca", env = "DATABASE_SSL_CA", value_name = "PATH", value_parser = readable_file)]
     pub ssl_ca: Option<PathBuf>,
     /// The MySQL password, instead of the one in DATABASE_URL. Never logged.
-    #[arg(id = "database_password", long = "database-password", env = "DATABASE_PASSWORD", hide_env_values = true, conflicts_with = "database_password_file")]
+    #[arg(id = "database_password", value_name = "PASSWORD", long = "database-password", env = "DATABASE_PASSWORD", hide_env_values = true, conflicts_with = "database_password_file")]
     pub password: Option<Secret>,
     /// A file holding the MySQL password, instead of the one in DATABASE_URL.
     #[arg(id = "database_password_file", long = "database-password-file", env = "DATABASE_PASSWORD_FILE", value_name = "PATH", value_parser = read_secret_file)]

@@ -94,10 +94,13 @@ pub async fn check(endpoints: Endpoints<'_>, timeout: Duration) -> Result<(), St
 /// Keeps what librdkafka reports through its error callback: authentication and TLS failures
 /// come only this way (a metadata request just times out).
 #[derive(Default, Clone)]
-struct ErrorCapture(Arc<Mutex<Vec<(Option<RDKafkaErrorCode>, String)>>>);
+struct ErrorCapture(Arc<Mutex<Vec<Reported>>>);
+
+/// An error librdkafka reported: its code, if it has one, and its text.
+type Reported = (Option<RDKafkaErrorCode>, String);
 
 impl ErrorCapture {
-    fn seen(&self) -> Vec<(Option<RDKafkaErrorCode>, String)> {
+    fn seen(&self) -> Vec<Reported> {
         self.0.lock().map(|e| e.clone()).unwrap_or_default()
     }
 }
@@ -118,7 +121,7 @@ impl ProducerContext for ErrorCapture {
 
 /// Names the cause of a failed connection from what librdkafka reported, if it is one that
 /// waiting will not fix.
-fn kafka_refusal(config: &KafkaConfig, seen: &[(Option<RDKafkaErrorCode>, String)]) -> Option<String> {
+fn kafka_refusal(config: &KafkaConfig, seen: &[Reported]) -> Option<String> {
     let security = &config.security;
     for (code, reason) in seen {
         let lower = reason.to_ascii_lowercase();
@@ -167,7 +170,7 @@ pub async fn check_kafka(config: &KafkaConfig, timeout: Duration) -> Finding {
     let start = Instant::now();
     loop {
         // Serves the error callback.
-        let _ = poller.poll(Duration::ZERO);
+        poller.poll(Duration::ZERO);
         let seen = capture.seen();
         if let Some(refusal) = kafka_refusal(config, &seen) {
             return Finding::Refused(refusal);
