@@ -154,8 +154,18 @@ async fn a_bid_goes_over_sasl_ssl_and_the_authenticated_registry_into_mysql_over
         format!("--database-ssl-ca={}", secure.database_ca),
     ];
     writer_flags.extend(secure.consumer_flags(&stack));
+    // The file-backup takes its passwords from files, as from mounted Docker or Kubernetes secrets,
+    // and a librdkafka property from a properties file.
+    let secrets = csv.parent().expect("the CSV's folder").join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("kafka"), format!("{}\n", secure.kafka_password)).unwrap();
+    std::fs::write(secrets.join("registry"), format!("{}\n", secure.registry_password)).unwrap();
+    std::fs::write(secrets.join("kafka.properties"), "# as a managed cluster's console hands them out\nclient.id=secure-file-backup\n").unwrap();
     let mut backup_flags = vec!["file-backup".to_owned(), format!("--consumer-group=secure-csv-{}", stack.suffix), format!("--backup-csv={}", csv.display())];
-    backup_flags.extend(secure.consumer_flags(&stack));
+    backup_flags.extend(secure.consumer_flags(&stack).into_iter().filter(|flag| !flag.contains("-password=")));
+    backup_flags.push(format!("--kafka-sasl-password-file={}", secrets.join("kafka").display()));
+    backup_flags.push(format!("--schema-registry-password-file={}", secrets.join("registry").display()));
+    backup_flags.push(format!("--kafka-properties-file={}", secrets.join("kafka.properties").display()));
     let writer = Consumer::spawn(writer_flags);
     let backup = Consumer::spawn(backup_flags);
 
