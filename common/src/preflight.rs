@@ -106,6 +106,17 @@ impl ErrorCapture {
 }
 
 impl ClientContext for ErrorCapture {
+    /// Connection failures ("FAIL") are kept too: some come only as log lines. They are
+    /// logged at debug only, as the check's own message names them.
+    fn log(&self, _: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log::debug!(target: "librdkafka", "librdkafka during the startup check: {fac} {log_message}");
+        if fac == "FAIL" {
+            if let Ok(mut seen) = self.0.lock() {
+                seen.push((None, log_message.to_owned()));
+            }
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         log::debug!("librdkafka error during the startup check: {error}: {reason}");
         if let Ok(mut seen) = self.0.lock() {
@@ -142,6 +153,14 @@ fn kafka_refusal(config: &KafkaConfig, seen: &[Reported]) -> Option<String> {
         }
         if *code == Some(RDKafkaErrorCode::SSL) || lower.contains("ssl handshake failed") {
             return Some(format!("TLS handshake with Kafka at {} failed (is KAFKA_SECURITY_PROTOCOL right for this port?): {reason}", config.brokers));
+        }
+        // A TLS listener accepts a plaintext client's connection, then closes it unanswered.
+        if !security.protocol.uses_tls() && lower.contains("disconnected") && lower.contains("in state apiversion_query") {
+            return Some(format!(
+                "Kafka at {} closed the connection without answering KAFKA_SECURITY_PROTOCOL={} (a TLS listener does this: SSL or SASL_SSL?): {reason}",
+                config.brokers,
+                security.protocol.as_str()
+            ));
         }
     }
     None
@@ -313,5 +332,9 @@ mod tests {
         assert!(message.starts_with("certificate not trusted: "), "{message}");
         let down = [(Some(RDKafkaErrorCode::BrokerTransportFailure), "Connect to ipv4#127.0.0.1:1 failed: Connection refused".to_owned())];
         assert_eq!(kafka_refusal(&config, &down), None);
+        let plaintext = KafkaConfig::new("b:9094", "bids");
+        let closed = [(None, "b:9094/bootstrap: Disconnected: connection closed by peer: receive 0 after POLLIN (after 1ms in state APIVERSION_QUERY)".to_owned())];
+        let message = kafka_refusal(&plaintext, &closed).expect("a refusal");
+        assert!(message.contains("KAFKA_SECURITY_PROTOCOL=PLAINTEXT (a TLS listener does this"), "{message}");
     }
 }
