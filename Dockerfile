@@ -15,9 +15,10 @@
 FROM rust:1-bookworm AS builder
 
 # rdkafka builds its bundled librdkafka with its own configure script and make (no cmake):
-# it needs a C/C++ toolchain, make, python3 and zlib (found through pkg-config).
+# it needs a C/C++ toolchain, make, python3, zlib and OpenSSL (TLS and SCRAM for Kafka, and the
+# TLS of the registry and MySQL clients), found through pkg-config.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends build-essential make g++ python3 zlib1g-dev pkg-config \
+ && apt-get install -y --no-install-recommends build-essential make g++ python3 zlib1g-dev libssl-dev pkg-config \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
@@ -38,9 +39,10 @@ RUN --mount=type=cache,id=auction-cargo-registry,target=/usr/local/cargo/registr
 FROM debian:bookworm-slim AS runtime
 
 # Same Debian release as the builder, so the glibc the binaries were linked against is here.
-# libz comes with the base image; no OpenSSL is needed (no TLS client is compiled in).
+# libz comes with the base image; libssl3 is the TLS of every client (Kafka, registry, MySQL), and
+# ca-certificates the CAs a managed service's certificate is checked against.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 \
  && rm -rf /var/lib/apt/lists/*
 
 # A non-root user, and /data owned by it: file-backup writes its CSV there, and a named volume

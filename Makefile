@@ -5,7 +5,7 @@ CARGO ?= cargo
 # partitions sit idle): `make up WRITERS=4`.
 WRITERS ?= 2
 
-.PHONY: run test up down stack-up stack-down status build release migrate bench bench-live chaos check-toolchain report bench-views
+.PHONY: run test up down stack-up stack-down secure-env status build release migrate bench bench-live chaos check-toolchain report bench-views
 
 ## run: build, start the stack, the site on http://127.0.0.1:8080, WRITERS (2) db-writers and a file-backup (Ctrl-C stops all)
 run: release
@@ -29,6 +29,10 @@ stack-up:
 
 stack-down:
 	@bash scripts/stack.sh down
+
+## secure-env: NAME=value lines pointing the programs at the stack's SASL_SSL Kafka and https registry with basic auth
+secure-env:
+	@bash scripts/stack.sh secure-env
 
 status:
 	@bash scripts/stack.sh status || true

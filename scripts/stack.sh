@@ -4,12 +4,17 @@
 #   MariaDB              127.0.0.1:3306   (our own mariadbd, not the Debian service)
 #   Kafka (KRaft, 1 node) 127.0.0.1:9092  (controller 127.0.0.1:9093)
 #   Apicurio Registry    127.0.0.1:8081   (Confluent API under /apis/ccompat/v7; schemas stored in Kafka)
-# Usage: scripts/stack.sh up|down|status
+# and the same services as a managed cluster shows them (`make -s secure-env` prints the settings):
+#   Kafka SASL_SSL       127.0.0.1:9094   (SCRAM-SHA-512, user KAFKA_SCRAM_USER; certificate of our own CA)
+#   registry over https  127.0.0.1:8444   (nginx in front of Apicurio: TLS and basic auth, user REGISTRY_USER)
+# The CA and the server certificate (for 127.0.0.1 and localhost) are made once with openssl, in .stack/tls/;
+# MariaDB offers TLS with it too (DATABASE_URL ...?ssl-mode=VERIFY_IDENTITY, DATABASE_SSL_CA=.stack/tls/ca.crt).
+# Usage: scripts/stack.sh up|down|status|secure-env
 #
 # A second, independent stack (as `make chaos` uses, so its restarts touch nothing else) runs with
 # STACK_DIR (its state) and the ports overridden: MARIADB_PORT, KAFKA_PORT, KAFKA_CONTROLLER_PORT,
-# APICURIO_PORT, APICURIO_MGMT_PORT. The programs it runs (Kafka jars, Apicurio, the Java
-# runtime) are always those install-deps.sh put under .stack/.
+# KAFKA_SASL_SSL_PORT, APICURIO_PORT, APICURIO_MGMT_PORT, REGISTRY_TLS_PORT. The programs it runs
+# (Kafka jars, Apicurio, the Java runtime) are always those install-deps.sh put under .stack/.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,10 +29,18 @@ APICURIO_PORT=${APICURIO_PORT:-8081}
 # Apicurio's Quarkus management interface (health, metrics) is enabled at build time and cannot be
 # switched off, so it gets a port too; also on loopback.
 APICURIO_MGMT_PORT=${APICURIO_MGMT_PORT:-9000}
+KAFKA_SASL_SSL_PORT=${KAFKA_SASL_SSL_PORT:-9094}
+REGISTRY_TLS_PORT=${REGISTRY_TLS_PORT:-8444}
 
 AUCTION_DB_PASSWORD=${AUCTION_DB_PASSWORD:-auction}
 ANALYST_DB_PASSWORD=${ANALYST_DB_PASSWORD:-analyst}
 ADMIN_DB_PASSWORD=${ADMIN_DB_PASSWORD:-auction_admin}
+# Credentials of the secure endpoints: development defaults, like the database passwords above.
+# (Letters, digits, - and _ only: they go into Kafka's SCRAM syntax and an htpasswd line.)
+KAFKA_SCRAM_USER=${KAFKA_SCRAM_USER:-auction}
+KAFKA_SCRAM_PASSWORD=${KAFKA_SCRAM_PASSWORD:-auction-kafka-secret}
+REGISTRY_USER=${REGISTRY_USER:-auction}
+REGISTRY_PASSWORD=${REGISTRY_PASSWORD:-auction-registry-secret}
 
 # Where install-deps.sh put the programs, and where this stack keeps its state.
 INSTALL=$ROOT/.stack
@@ -40,7 +53,9 @@ KAFKA_LIBS=$INSTALL/kafka/libs
 APICURIO_JAR=$INSTALL/apicurio/quarkus-run.jar
 # Apicurio's working directory: Quarkus reads config/application.properties from it.
 APICURIO_HOME=$STACK/apicurio
-SERVICES=(mariadb kafka apicurio)
+TLS=$STACK/tls
+NGINX_HOME=$STACK/nginx
+SERVICES=(mariadb kafka apicurio nginx)
 
 say() { printf '%-9s %s\n' "$1" "$2"; }
 
@@ -48,14 +63,21 @@ say() { printf '%-9s %s\n' "$1" "$2"; }
 
 # A process is ours when its command line names this clone's .stack/ (guards against pid reuse and
 # against a stranger that happens to hold our port).
-is_ours() { [[ -r /proc/$1/cmdline ]] && tr '\0' ' ' <"/proc/$1/cmdline" | grep -qF "$STACK/"; }
+names_our_stack() { [[ -r /proc/$1/cmdline ]] && tr '\0' ' ' <"/proc/$1/cmdline" | grep -qF "$STACK/"; }
+# nginx's workers hold its port too but show only "nginx: worker process": theirs is the parent's.
+is_ours() {
+  names_our_stack "$1" && return 0
+  local parent
+  parent=$(ps -o ppid= -p "$1" 2>/dev/null | tr -d ' ')
+  [[ -n $parent && $parent -gt 1 ]] && names_our_stack "$parent"
+}
 
 port_pids() { ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u; }
 
 port_listening() { [[ -n $(ss -Hltn "sport = :$1" 2>/dev/null) ]]; }
 
 service_port() {
-  case $1 in mariadb) echo $MARIADB_PORT ;; kafka) echo $KAFKA_PORT ;; apicurio) echo $APICURIO_PORT ;; esac
+  case $1 in mariadb) echo $MARIADB_PORT ;; kafka) echo $KAFKA_PORT ;; apicurio) echo $APICURIO_PORT ;; nginx) echo $REGISTRY_TLS_PORT ;; esac
 }
 
 # Prints the pid of our running instance of a service, or nothing. Falls back to the port's holder
@@ -73,7 +95,7 @@ service_pid() {
 # test data to, or take orders from, a stranger (the Debian mariadb service included).
 check_ports() {
   local port pid bad=0
-  for port in $MARIADB_PORT $KAFKA_PORT $KAFKA_CONTROLLER_PORT $APICURIO_PORT $APICURIO_MGMT_PORT; do
+  for port in $MARIADB_PORT $KAFKA_PORT $KAFKA_CONTROLLER_PORT $KAFKA_SASL_SSL_PORT $APICURIO_PORT $APICURIO_MGMT_PORT $REGISTRY_TLS_PORT; do
     port_listening "$port" || continue
     local pids
     pids=$(port_pids "$port")
@@ -172,6 +194,11 @@ collation-server = utf8mb4_unicode_ci
 default-time-zone = '+00:00'
 innodb_buffer_pool_size = 256M
 max_connections = 500
+# TLS offered (not required), with the certificate Kafka and nginx use: a client can connect
+# with ssl-mode=VERIFY_IDENTITY as to a managed MySQL.
+ssl_cert = $TLS/server.crt
+ssl_key = $TLS/server.key
+ssl_ca = $TLS/ca.crt
 EOF
 }
 
@@ -241,6 +268,31 @@ mariadb_finish() {
     fail mariadb "creating the database and users failed"
 }
 
+# --- TLS ------------------------------------------------------------------------------------------
+
+# A CA of this stack's own and one server certificate it signs (for 127.0.0.1 and localhost), used by
+# Kafka's SASL_SSL listener (as PKCS#12, its password generated alongside) and by nginx. Made once;
+# delete .stack/tls/ (and restart) to make new ones.
+tls_once() {
+  [[ -s $TLS/server.p12 && -s $TLS/ca.crt ]] && return 0
+  say tls "making a CA and a server certificate in $TLS"
+  mkdir -p "$TLS"
+  (
+    cd "$TLS"
+    umask 077
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 -subj "/CN=auction local stack CA" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+    openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj "/CN=localhost"
+    printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "extendedKeyUsage=serverAuth" "basicConstraints=CA:FALSE" \
+      "keyUsage=critical,digitalSignature,keyEncipherment" >server.ext
+    openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 825 -extfile server.ext -out server.crt
+    openssl rand -hex 16 >keystore.password
+    openssl pkcs12 -export -in server.crt -inkey server.key -certfile ca.crt -name broker -out server.p12 \
+      -passout file:keystore.password
+    chmod 644 ca.crt
+  ) >>"$LOGS/tls.log" 2>&1 || fail tls "openssl failed"
+}
+
 # --- Kafka ----------------------------------------------------------------------------------------
 
 kafka_java() { java -cp "$KAFKA_LIBS/*" -Dlog4j2.configurationFile="$STACK/kafka/tools-log4j2.properties" "$@"; }
@@ -251,10 +303,17 @@ write_kafka_config() {
 # Written by scripts/stack.sh at every up: edit the script, not this file.
 process.roles=broker,controller
 node.id=1
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
+# The listener a managed cluster would offer: TLS with our CA's certificate and SCRAM-SHA-512 users
+# (set after start with kafka-configs: kafka_scram_user). No authorizer: any user may do anything.
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.ssl.keystore.type=PKCS12
+listener.name.sasl_ssl.ssl.keystore.location=$TLS/server.p12
+listener.name.sasl_ssl.ssl.keystore.password=$(cat "$TLS/keystore.password")
 controller.listener.names=CONTROLLER
 controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
 log.dirs=$STACK/kafka/data
@@ -324,6 +383,24 @@ kafka_answers() { timeout 60 java -cp "$KAFKA_LIBS/*" -Dlog4j2.configurationFile
 kafka_finish() {
   wait_ready kafka 90 kafka_port_open
   ((KAFKA_WAS_UP)) || wait_ready kafka 60 kafka_answers
+  if ! port_listening "$KAFKA_SASL_SSL_PORT"; then
+    say kafka "WARNING: running without the SASL_SSL listener on 127.0.0.1:$KAFKA_SASL_SSL_PORT (started by an older stack.sh): restart the stack to add it"
+    return
+  fi
+  kafka_scram_user
+}
+
+# The SCRAM user of the SASL_SSL listener, set through the plaintext listener (the local admin
+# door). Kafka keeps it in its metadata, so it is set again only when the broker was (re)started or
+# the user or password changed (a JVM start costs seconds).
+kafka_scram_user() {
+  local marker=$STACK/kafka/scram.applied want
+  want=$(printf '%s %s' "$KAFKA_SCRAM_USER" "$KAFKA_SCRAM_PASSWORD" | sha256sum | cut -c1-64)
+  if ((KAFKA_WAS_UP)) && [[ $(cat "$marker" 2>/dev/null) == "$want" ]]; then return 0; fi
+  kafka_java kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" --alter --entity-type users \
+    --entity-name "$KAFKA_SCRAM_USER" --add-config "SCRAM-SHA-512=[iterations=8192,password=$KAFKA_SCRAM_PASSWORD]" \
+    >>"$LOGS/kafka.log" 2>&1 || fail kafka "creating the SCRAM user $KAFKA_SCRAM_USER failed"
+  echo "$want" >"$marker"
 }
 
 # --- Apicurio Registry ----------------------------------------------------------------------------
@@ -371,6 +448,69 @@ apicurio_ready() {
 
 apicurio_finish() { wait_ready apicurio 180 apicurio_ready; }
 
+# --- nginx: https and basic auth in front of the registry ----------------------------------------
+
+write_nginx_config() {
+  mkdir -p "$NGINX_HOME/tmp"
+  # htpasswd in the apr1 form, which nginx reads; openssl makes it (no apache2-utils needed).
+  printf '%s:%s\n' "$REGISTRY_USER" "$(openssl passwd -apr1 "$REGISTRY_PASSWORD")" >"$NGINX_HOME/htpasswd"
+  chmod 600 "$NGINX_HOME/htpasswd"
+  local user_line=""
+  # Started by root, nginx would hand its workers to "nobody", who cannot read these files.
+  if (($(id -u) == 0)); then user_line="user root;"; fi
+  cat >"$NGINX_HOME/nginx.conf" <<EOF
+# Written by scripts/stack.sh at every up: edit the script, not this file.
+$user_line
+daemon off;
+worker_processes 1;
+pid $RUN/nginx.self.pid;
+error_log $LOGS/nginx.log warn;
+events { worker_connections 256; }
+http {
+  access_log off;
+  client_body_temp_path $NGINX_HOME/tmp/body;
+  proxy_temp_path $NGINX_HOME/tmp/proxy;
+  fastcgi_temp_path $NGINX_HOME/tmp/fastcgi;
+  uwsgi_temp_path $NGINX_HOME/tmp/uwsgi;
+  scgi_temp_path $NGINX_HOME/tmp/scgi;
+  server {
+    listen 127.0.0.1:$REGISTRY_TLS_PORT ssl;
+    ssl_certificate $TLS/server.crt;
+    ssl_certificate_key $TLS/server.key;
+    auth_basic "schema registry";
+    auth_basic_user_file $NGINX_HOME/htpasswd;
+    location / {
+      proxy_pass http://127.0.0.1:$APICURIO_PORT;
+      proxy_set_header Host \$host:\$server_port;
+      proxy_http_version 1.1;
+    }
+  }
+}
+EOF
+}
+
+nginx_up() {
+  write_nginx_config
+  local pid
+  pid=$(service_pid nginx)
+  if [[ -n $pid ]]; then
+    NGINX_WAS_UP=1
+    # Reloads the config: a changed user or password takes effect.
+    kill -HUP "$pid" 2>/dev/null || true
+    return
+  fi
+  NGINX_WAS_UP=0
+  start_bg nginx "$NGINX_HOME" "$(command -v nginx || echo /usr/sbin/nginx)" -e "$LOGS/nginx.log" -p "$NGINX_HOME" -c "$NGINX_HOME/nginx.conf"
+}
+
+# The password goes to curl on stdin, not on its command line (which any local user can read).
+nginx_ready() {
+  [[ $(printf 'user = "%s:%s"\n' "$REGISTRY_USER" "$REGISTRY_PASSWORD" | curl -s -K - -o /dev/null -m 5 -w '%{http_code}' \
+    --cacert "$TLS/ca.crt" "https://127.0.0.1:$REGISTRY_TLS_PORT/apis/ccompat/v7/subjects") == 200 ]]
+}
+
+nginx_finish() { wait_ready nginx 30 nginx_ready; }
+
 # --- commands -------------------------------------------------------------------------------------
 
 report_up() {
@@ -383,6 +523,7 @@ cmd_up() {
   bash "$ROOT/scripts/install-deps.sh"
   mkdir -p "$RUN" "$LOGS"
   check_ports
+  tls_once
   local t0=$SECONDS
   # MariaDB and Kafka start side by side; Apicurio needs Kafka, so it goes last.
   mariadb_up
@@ -395,13 +536,18 @@ cmd_up() {
   apicurio_up
   apicurio_finish
   report_up apicurio "$APICURIO_WAS_UP" "$t1" "http://127.0.0.1:$APICURIO_PORT (Apicurio $APICURIO_VERSION)"
-  if ((MARIADB_WAS_UP && KAFKA_WAS_UP && APICURIO_WAS_UP)); then echo "stack: already up"
+  local t2=$SECONDS
+  nginx_up
+  nginx_finish
+  report_up nginx "$NGINX_WAS_UP" "$t2" "https://127.0.0.1:$REGISTRY_TLS_PORT (the registry with TLS and basic auth)"
+  if ((MARIADB_WAS_UP && KAFKA_WAS_UP && APICURIO_WAS_UP && NGINX_WAS_UP)); then echo "stack: already up"
   else echo "stack: up in $((SECONDS - t0))s"; fi
 }
 
 cmd_down() {
   mkdir -p "$RUN"
   # Reverse order: Apicurio writes to Kafka.
+  stop_service nginx 10
   stop_service apicurio 30
   stop_service kafka 60
   stop_service mariadb 60
@@ -417,9 +563,29 @@ cmd_status() {
   return $((down ? 3 : 0))
 }
 
+# The settings that point the programs at the secure endpoints, NAME=value a line and nothing else
+# (`set -a; . <(make -s secure-env); set +a`, or `env $(make -s secure-env) auction-web`).
+cmd_secure_env() {
+  cat <<EOF
+KAFKA_BROKERS=127.0.0.1:$KAFKA_SASL_SSL_PORT
+KAFKA_SECURITY_PROTOCOL=SASL_SSL
+KAFKA_SASL_MECHANISM=SCRAM-SHA-512
+KAFKA_SASL_USERNAME=$KAFKA_SCRAM_USER
+KAFKA_SASL_PASSWORD=$KAFKA_SCRAM_PASSWORD
+KAFKA_SSL_CA_LOCATION=$TLS/ca.crt
+SCHEMA_REGISTRY_URL=https://127.0.0.1:$REGISTRY_TLS_PORT/apis/ccompat/v7
+SCHEMA_REGISTRY_USERNAME=$REGISTRY_USER
+SCHEMA_REGISTRY_PASSWORD=$REGISTRY_PASSWORD
+SCHEMA_REGISTRY_CA_LOCATION=$TLS/ca.crt
+DATABASE_URL=mysql://auction:$AUCTION_DB_PASSWORD@127.0.0.1:$MARIADB_PORT/auction?ssl-mode=VERIFY_IDENTITY
+DATABASE_SSL_CA=$TLS/ca.crt
+EOF
+}
+
 case ${1:-} in
   up) cmd_up ;;
   down) cmd_down ;;
   status) cmd_status ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  secure-env) cmd_secure_env ;;
+  *) echo "usage: $0 up|down|status|secure-env" >&2; exit 2 ;;
 esac

@@ -214,7 +214,7 @@ async fn a_db_writer_that_cannot_reach_mysql_stores_no_offset_so_a_healthy_one_w
     }
     produce(&stack, &payloads).await;
 
-    let broken = auction_common::config::DatabaseConfig { url: "mysql://auction:auction@127.0.0.1:1/none".into(), max_connections: 1 };
+    let broken = auction_common::config::DatabaseConfig::new("mysql://auction:auction@127.0.0.1:1/none", 1);
     let sink = auction_consumers::db_writer::MySqlSink::new(&broken).unwrap();
     let failing = crate::helpers::RunningConsumer::spawn(stack.consumer_settings("writers"), sink);
     eventually(Duration::from_secs(30), "the broken writer to take partitions", || async {

@@ -131,7 +131,7 @@ async fn partitions_revoked_and_given_back_within_one_batch_never_repeat_a_csv_l
 
     // A member that never stores an offset (MySQL out of reach) joins and leaves: the backup
     // loses partitions with bids in hand, then gets them back from offsets nobody committed.
-    let unreachable = DatabaseConfig { url: "mysql://auction:auction@127.0.0.1:1/none".into(), max_connections: 1 };
+    let unreachable = DatabaseConfig::new("mysql://auction:auction@127.0.0.1:1/none", 1);
     let visitor = RunningConsumer::spawn(stack.consumer_settings("moving"), MySqlSink::new(&unreachable).unwrap());
     eventually(Duration::from_secs(30), "the visitor to take partitions", || async {
         (!visitor.status.assigned_partitions().is_empty()).then_some(())

@@ -41,12 +41,8 @@ impl TestStack {
     pub async fn new() -> Self {
         let _ = env_logger::builder().is_test(true).try_init();
         let suffix = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-        let kafka = KafkaConfig {
-            brokers: env_or("KAFKA_BROKERS", "127.0.0.1:9092"),
-            topic: format!("bids-test-{suffix}"),
-            topic_partitions: 6,
-        };
-        let registry = RegistryConfig { url: env_or("SCHEMA_REGISTRY_URL", "http://127.0.0.1:8081/apis/ccompat/v7"), timeout_ms: 3000 };
+        let kafka = KafkaConfig::new(env_or("KAFKA_BROKERS", "127.0.0.1:9092"), format!("bids-test-{suffix}"));
+        let registry = RegistryConfig::new(env_or("SCHEMA_REGISTRY_URL", "http://127.0.0.1:8081/apis/ccompat/v7"));
         // auction_admin may create databases named auction_test_*.
         let server_url = env_or("TEST_MYSQL_ADMIN_URL", "mysql://auction_admin:auction_admin@127.0.0.1:3306");
         let db_name = format!("auction_test_{suffix}");
@@ -55,12 +51,12 @@ impl TestStack {
         conn.query_drop(format!("CREATE DATABASE {db_name} CHARACTER SET utf8mb4")).await.expect("create test database");
         drop(conn);
         admin.disconnect().await.ok();
-        let admin_db = DatabaseConfig { url: format!("{server_url}/{db_name}"), max_connections: 4 };
+        let admin_db = DatabaseConfig::new(format!("{server_url}/{db_name}"), 4);
         let pool = db::pool(&admin_db).expect("pool");
         db::migrate(&pool).await.expect("migrations apply");
         // The programs connect as the same least-privileged user as in production.
         let app_user = env_or("TEST_MYSQL_APP_URL", "mysql://auction:auction@127.0.0.1:3306");
-        let database = DatabaseConfig { url: format!("{app_user}/{db_name}"), max_connections: 4 };
+        let database = DatabaseConfig::new(format!("{app_user}/{db_name}"), 4);
         kafka::ensure_topic(&kafka).await.expect("Kafka is up (make stack-up)");
         Self { suffix, kafka, registry, database, pool, db_name, server_url }
     }

@@ -156,7 +156,7 @@ async fn a_db_writer_that_cannot_reach_mysql_answers_503_on_readyz_saying_why_an
     let b = bid("Ada", "10.00");
     produce(&stack, &[(b.bid_id.to_string(), encoder.encode(&b).await.unwrap())]).await;
     // Nothing listens on port 1: every connection is refused, a failure that may pass, so retried.
-    let nowhere = DatabaseConfig { url: "mysql://auction:auction@127.0.0.1:1/auction".into(), max_connections: 1 };
+    let nowhere = DatabaseConfig::new("mysql://auction:auction@127.0.0.1:1/auction", 1);
     let writer = RunningConsumer::spawn(stack.consumer_settings("writers"), MySqlSink::new(&nowhere).unwrap());
     let (url, server) = writer.serve_metrics();
 

@@ -1,11 +1,12 @@
 //! The MySQL pool and the schema migrations in `sql/migrations`, applied in order, once each.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
-use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
+use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, SslOpts};
 
-use crate::config::DatabaseConfig;
+use crate::config::{ConfigError, DatabaseConfig};
 
 /// Versioned migrations, embedded so every binary carries the schema it was built for.
 pub const MIGRATIONS: &[(u32, &str, &str)] = &[
@@ -17,10 +18,88 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     (6, "bidder_totals", include_str!("../../sql/migrations/0006_bidder_totals.sql")),
 ];
 
+/// TLS to MySQL, as `ssl-mode` names it in the MySQL clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disabled,
+    /// Encrypted, whatever certificate the server shows.
+    Required,
+    /// Encrypted, the certificate signed by a trusted CA, whatever name it is for.
+    VerifyCa,
+    /// Encrypted, the certificate signed by a trusted CA and for the host connected to.
+    VerifyIdentity,
+}
+
+impl SslMode {
+    fn parse(value: &str) -> Result<Self, ConfigError> {
+        match value.to_ascii_uppercase().as_str() {
+            "DISABLED" => Ok(Self::Disabled),
+            "REQUIRED" => Ok(Self::Required),
+            "VERIFY_CA" => Ok(Self::VerifyCa),
+            "VERIFY_IDENTITY" => Ok(Self::VerifyIdentity),
+            _ => Err(ConfigError {
+                setting: "DATABASE_URL",
+                problem: format!(
+                    "ssl-mode={value} is not supported: use DISABLED, REQUIRED, VERIFY_CA or VERIFY_IDENTITY (PREFERRED would fall back to plaintext silently)"
+                ),
+            }),
+        }
+    }
+}
+
+/// What connecting takes: the URL mysql_async understands (the `ssl-mode` and `ssl-ca`
+/// parameters taken out, as it refuses parameters it does not know), the TLS mode and CA file.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Connection {
+    pub url: String,
+    pub ssl_mode: SslMode,
+    pub ssl_ca: Option<PathBuf>,
+}
+
+/// Reads `ssl-mode` and `ssl-ca` from the URL (`ssl_mode`, `sslmode`, `ssl_ca` too) and
+/// DATABASE_SSL_CA. A CA without a mode means VERIFY_CA, as the mysql client does.
+pub fn connection(config: &DatabaseConfig) -> Result<Connection, ConfigError> {
+    let (base, query) = config.url.split_once('?').unwrap_or((config.url.as_str(), ""));
+    let mut kept = Vec::new();
+    let (mut mode, mut ca) = (None, config.security.ssl_ca.clone());
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name.to_ascii_lowercase().replace('_', "-").as_str() {
+            "ssl-mode" | "sslmode" => mode = Some(SslMode::parse(value)?),
+            "ssl-ca" => ca = Some(PathBuf::from(value)),
+            _ => kept.push(pair),
+        }
+    }
+    let ssl_mode = mode.unwrap_or(if ca.is_some() { SslMode::VerifyCa } else { SslMode::Disabled });
+    if ssl_mode == SslMode::Disabled && ca.is_some() {
+        return Err(ConfigError { setting: "DATABASE_SSL_CA", problem: "given with ssl-mode=DISABLED in DATABASE_URL".into() });
+    }
+    let url = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
+    Ok(Connection { url, ssl_mode, ssl_ca: ca })
+}
+
+fn ssl_opts(connection: &Connection) -> Option<SslOpts> {
+    let opts = match connection.ssl_mode {
+        SslMode::Disabled => return None,
+        SslMode::Required => SslOpts::default().with_danger_accept_invalid_certs(true).with_danger_skip_domain_validation(true),
+        SslMode::VerifyCa => SslOpts::default().with_danger_skip_domain_validation(true),
+        SslMode::VerifyIdentity => SslOpts::default(),
+    };
+    Some(match &connection.ssl_ca {
+        Some(ca) => opts.with_root_certs(vec![ca.clone().into()]),
+        None => opts,
+    })
+}
+
 pub fn pool(config: &DatabaseConfig) -> Result<Pool, mysql_async::Error> {
-    let opts = Opts::from_url(&config.url)?;
+    let connection = connection(config).map_err(|e| mysql_async::Error::Other(e.to_string().into()))?;
+    let opts = Opts::from_url(&connection.url)?;
     let constraints = PoolConstraints::new(1, config.max_connections.max(1)).unwrap_or_default();
-    let builder = OptsBuilder::from_opts(opts)
+    let mut builder = OptsBuilder::from_opts(opts).ssl_opts(ssl_opts(&connection));
+    if let Some(password) = config.security.password() {
+        builder = builder.pass(Some(password.expose()));
+    }
+    let builder = builder
         .pool_opts(PoolOpts::default().with_constraints(constraints))
         .conn_ttl(Some(Duration::from_secs(300)))
         .stmt_cache_size(64)
@@ -64,4 +143,31 @@ async fn apply_pending(conn: &mut mysql_async::Conn) -> Result<Vec<u32>, mysql_a
         newly.push(version);
     }
     Ok(newly)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connection_of(url: &str) -> Result<Connection, ConfigError> {
+        connection(&DatabaseConfig::new(url, 1))
+    }
+
+    #[test]
+    fn ssl_mode_in_the_url_picks_the_tls_checks_and_leaves_the_url_mysql_async_reads() {
+        let c = connection_of("mysql://u:p@db:3306/auction?ssl-mode=VERIFY_IDENTITY&ssl-ca=/etc/ca.pem&prefer_socket=false").unwrap();
+        assert_eq!(c.url, "mysql://u:p@db:3306/auction?prefer_socket=false");
+        assert_eq!((c.ssl_mode, c.ssl_ca), (SslMode::VerifyIdentity, Some(PathBuf::from("/etc/ca.pem"))));
+        assert_eq!(connection_of("mysql://u:p@db/auction?ssl_mode=required").unwrap().ssl_mode, SslMode::Required);
+        assert_eq!(connection_of("mysql://u:p@db/auction").unwrap(), Connection { url: "mysql://u:p@db/auction".into(), ssl_mode: SslMode::Disabled, ssl_ca: None });
+        assert_eq!(connection_of("mysql://u:p@db/auction?ssl-ca=/ca.pem").unwrap().ssl_mode, SslMode::VerifyCa);
+    }
+
+    #[test]
+    fn an_unknown_ssl_mode_is_refused_naming_the_setting_and_the_choices() {
+        let error = connection_of("mysql://u:secret@db/auction?ssl-mode=PREFERRED").unwrap_err();
+        assert_eq!(error.setting, "DATABASE_URL");
+        assert!(error.problem.contains("DISABLED, REQUIRED, VERIFY_CA or VERIFY_IDENTITY"), "{error}");
+        assert!(!error.to_string().contains("secret"), "{error}");
+    }
 }

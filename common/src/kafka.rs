@@ -10,10 +10,32 @@ use rdkafka::producer::FutureProducer;
 
 use crate::config::KafkaConfig;
 
-/// Settings every client shares: where the brokers are (and, later, how to authenticate).
+/// Settings every client shares: where the brokers are and how to connect (TLS, SASL, then the
+/// pass-through properties). Every Kafka client of the project starts from this. Callers set
+/// their own properties after it, so the delivery settings of [`bid_producer`] and
+/// [`consumer_config`] cannot be overridden by a pass-through property.
 pub fn client_config(config: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.brokers);
+    let security = &config.security;
+    c.set("security.protocol", security.protocol.as_str());
+    if let Some(mechanism) = security.sasl_mechanism {
+        c.set("sasl.mechanism", mechanism.as_str());
+    }
+    if let Some(username) = &security.sasl_username {
+        c.set("sasl.username", username);
+    }
+    if let Some(password) = security.sasl_password() {
+        c.set("sasl.password", password.expose());
+    }
+    if let Some(ca) = &security.ssl_ca_location {
+        c.set("ssl.ca.location", ca.to_string_lossy());
+    }
+    for (name, value) in security.extra_properties() {
+        c.set(name, value);
+    }
+    // sasl.password stays out of logs: rdkafka's `Debug` of a ClientConfig leaves sensitive keys
+    // out, and librdkafka masks them when it dumps its configuration (`debug=conf`).
     c
 }
 

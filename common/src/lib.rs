@@ -9,6 +9,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod kafka;
+pub mod preflight;
 pub mod registry;
 pub mod retry;
 

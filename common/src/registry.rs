@@ -16,6 +16,7 @@ use std::sync::{Arc, RwLock};
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
+use base64::Engine;
 use serde::Deserialize;
 
 use crate::avro::{self, RecordError, BID_SCHEMA};
@@ -55,6 +56,8 @@ impl CodecError {
 struct RegistryClient {
     http: reqwest::Client,
     base: String,
+    /// The base without credentials: what messages show.
+    shown_base: String,
 }
 
 #[derive(Deserialize)]
@@ -69,17 +72,12 @@ struct SchemaAnswer {
 
 impl RegistryClient {
     fn new(config: &RegistryConfig) -> Result<Self, CodecError> {
-        let http = reqwest::Client::builder()
-            .timeout(config.timeout())
-            .connect_timeout(config.timeout())
-            .no_proxy()
-            .build()
-            .map_err(|e| CodecError::Registry(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Self { http, base: config.url.trim_end_matches('/').to_owned() })
+        let http = http_client(config).map_err(CodecError::Registry)?;
+        Ok(Self { http, base: config.url.trim_end_matches('/').to_owned(), shown_base: config.redacted_url().trim_end_matches('/').to_owned() })
     }
 
     async fn send<T: for<'de> Deserialize<'de>>(&self, request: reqwest::RequestBuilder, what: &str) -> Result<T, CodecError> {
-        let fail = |cause: String| CodecError::Registry(format!("{what} at {}: {cause}", self.base));
+        let fail = |cause: String| CodecError::Registry(format!("{what} at {}: {cause}", self.shown_base));
         let response = request.send().await.map_err(|e| fail(error_chain(&e)))?;
         let status = response.status();
         if !status.is_success() {
@@ -107,8 +105,39 @@ impl RegistryClient {
     }
 }
 
+/// The HTTP client every registry call goes through (the codec's, `/readyz`'s, the startup
+/// check's): the configured timeout, the CA file added to the system's roots, and basic auth
+/// on every request when a user is set. The error says which setting is at fault.
+pub fn http_client(config: &RegistryConfig) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder().timeout(config.timeout()).connect_timeout(config.timeout()).no_proxy();
+    let security = &config.security;
+    if let Some(path) = &security.ca_location {
+        let pem = std::fs::read(path).map_err(|e| format!("SCHEMA_REGISTRY_CA_LOCATION: cannot read {}: {e}", path.display()))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("SCHEMA_REGISTRY_CA_LOCATION: {} holds no PEM certificate: {}", path.display(), error_chain(&e)))?;
+        if certificates.is_empty() {
+            return Err(format!("SCHEMA_REGISTRY_CA_LOCATION: {} holds no PEM certificate", path.display()));
+        }
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    if let Some(username) = &security.username {
+        let password = security.password().map(|p| p.expose()).unwrap_or_default();
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Basic {token}"))
+            .map_err(|_| "SCHEMA_REGISTRY_USERNAME: not usable in an HTTP header".to_owned())?;
+        // Marked sensitive: reqwest and hyper leave it out of their Debug output.
+        value.set_sensitive(true);
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        builder = builder.default_headers(headers);
+    }
+    builder.build().map_err(|e| format!("cannot build the registry's HTTP client: {}", error_chain(&e)))
+}
+
 /// reqwest's Display hides the cause ("error sending request"); the chain says what happened.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use auction_common::config::{DatabaseConfig, KafkaConfig, RegistryConfig};
+use auction_common::preflight::{self, Endpoints};
 use tokio::sync::watch;
 
 use crate::db_writer::MySqlSink;
@@ -91,8 +92,28 @@ impl ConsumeArgs {
     }
 }
 
-/// Runs a command until it finishes or `shutdown` turns true.
+impl Command {
+    /// The services the command talks to, for the startup check.
+    fn endpoints(&self) -> Endpoints<'_> {
+        match self {
+            Command::DbWriter { consume, database, .. } => {
+                Endpoints { kafka: Some(&consume.kafka), registry: Some(&consume.registry), database: Some(database) }
+            }
+            Command::FileBackup { consume, .. } => Endpoints { kafka: Some(&consume.kafka), registry: Some(&consume.registry), database: None },
+            Command::Migrate { .. } => Endpoints::default(),
+            Command::Dlq { command: crate::dlq::DlqCommand::List(args) } => Endpoints { kafka: Some(&args.kafka), ..Endpoints::default() },
+            Command::Dlq { command: crate::dlq::DlqCommand::Replay(args) } => Endpoints { kafka: Some(&args.kafka), ..Endpoints::default() },
+            Command::Audit(args) => Endpoints { kafka: Some(&args.kafka), registry: Some(&args.registry), database: Some(&args.database) },
+            Command::Status(args) => Endpoints { kafka: Some(&args.kafka), ..Endpoints::default() },
+            Command::Report(args) => Endpoints { database: Some(&args.database), ..Endpoints::default() },
+        }
+    }
+}
+
+/// Runs a command until it finishes or `shutdown` turns true, after the startup check of the
+/// services it uses (a refused credential or certificate ends it with an error naming it).
 pub async fn run(command: Command, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    preflight::check(command.endpoints(), preflight::STARTUP_CHECK_TIMEOUT).await?;
     let status = Arc::new(ConsumerStatus::default());
     match command {
         Command::DbWriter { group, consume, database } => {
@@ -106,7 +127,7 @@ pub async fn run(command: Command, shutdown: watch::Receiver<bool>) -> anyhow::R
             stopping_server(server, run.await).await
         }
         Command::Migrate { url } => {
-            let config = DatabaseConfig { url, max_connections: 1 };
+            let config = DatabaseConfig::new(url, 1);
             let pool = auction_common::db::pool(&config).with_context(|| format!("Invalid ADMIN_DATABASE_URL {}", config.redacted_url()))?;
             let applied = auction_common::db::migrate(&pool)
                 .await

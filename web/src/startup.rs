@@ -6,7 +6,7 @@ use actix_web::dev::Server;
 use actix_web::{middleware, web, App, HttpServer};
 use anyhow::Context;
 use auction_common::config::{DatabaseConfig, KafkaConfig, RegistryConfig};
-use auction_common::{db, kafka, registry::BidEncoder};
+use auction_common::{db, kafka, preflight, registry::BidEncoder};
 use tokio::sync::watch;
 
 use crate::bidding::{Bidding, BiddingLimits};
@@ -143,18 +143,17 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects the clients (lazily: a stack that is down makes the site unready, not dead) and
-    /// binds the listener.
+    /// Checks the settings and credentials against Kafka, the registry and MySQL (a refusal is
+    /// an error naming it; see [`preflight`]), connects the clients (lazily: a stack that is
+    /// down makes the site unready, not dead) and binds the listener.
     pub async fn build(config: WebConfig) -> anyhow::Result<Self> {
+        let endpoints = preflight::Endpoints { kafka: Some(&config.kafka), registry: Some(&config.registry), database: Some(&config.database) };
+        preflight::check(endpoints, preflight::STARTUP_CHECK_TIMEOUT).await?;
         let delivery_timeout = Duration::from_millis(config.delivery_timeout_ms);
         let producer = kafka::bid_producer(&config.kafka, delivery_timeout).context("Failed to create the Kafka producer")?;
         let encoder = BidEncoder::new(&config.registry, &config.kafka.topic).context("Failed to set up the schema registry client")?;
         let pool = db::pool(&config.database).with_context(|| format!("Invalid DATABASE_URL {}", config.database.redacted_url()))?;
-        let http = reqwest::Client::builder()
-            .timeout(config.registry.timeout())
-            .no_proxy()
-            .build()
-            .context("Failed to build the HTTP client")?;
+        let http = auction_common::registry::http_client(&config.registry).map_err(anyhow::Error::msg)?;
 
         let limits = &config.limits;
         let timeouts = StoreTimeouts {
