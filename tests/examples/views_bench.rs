@@ -62,14 +62,14 @@ async fn main() -> anyhow::Result<()> {
         admin.get_conn().await?.query_drop(format!("CREATE DATABASE {db_name} CHARACTER SET utf8mb4")).await?;
         admin.disconnect().await?;
     }
-    let admin = db::pool(&DatabaseConfig { url: format!("{server}/{db_name}"), max_connections: 2 })?;
+    let admin = db::pool(&DatabaseConfig::new(format!("{server}/{db_name}"), 2))?;
     let applied = db::migrate(&admin).await?;
     println!("database {db_name}; migrations applied now: {applied:?}");
 
     if reuse.is_empty() {
         let plans = create_auctions(&admin, auctions, days).await?;
         let all = plan_bids(&plans, bids, bidders);
-        let database = DatabaseConfig { url: format!("{app}/{db_name}"), max_connections: 2 };
+        let database = DatabaseConfig::new(format!("{app}/{db_name}"), 2);
         fill(&database, all, writers, batch).await?;
         // InnoDB refreshes a table's statistics in the background after 10% of it changed; a
         // database that grew by a million rows in minutes would be timed with the optimizer
@@ -78,7 +78,7 @@ async fn main() -> anyhow::Result<()> {
         admin.get_conn().await?.query_drop("ANALYZE TABLE bid, auction, auction_standing, bids_per_minute, bidder_activity").await?;
     }
 
-    let reader = db::pool(&DatabaseConfig { url: format!("{app}/{db_name}"), max_connections: 1 })?;
+    let reader = db::pool(&DatabaseConfig::new(format!("{app}/{db_name}"), 1))?;
     let mut conn = reader.get_conn().await?;
     let (stored, busiest): (u64, u64) = conn
         .query_first("SELECT (SELECT COUNT(*) FROM bid), (SELECT auction_id FROM auction_standing ORDER BY bid_count DESC LIMIT 1)")
