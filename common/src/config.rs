@@ -418,11 +418,13 @@ impl fmt::Debug for DatabaseConfig {
     }
 }
 
-/// `scheme://user:password@host/...` without `user:password@`.
+/// `scheme://user:password@host/...` without `user:password@`. The credentials end at the last
+/// `@` before any `?` or `#`, not at the first `/`: a password pasted unencoded may hold a `/`
+/// (API secrets are base64), and a registry's path holds no `@`.
 fn strip_userinfo(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
-    let authority_end = url[scheme_end..].find(['/', '?', '#']).map_or(url.len(), |i| scheme_end + i);
-    match url[scheme_end..authority_end].rfind('@') {
+    let query_start = url[scheme_end..].find(['?', '#']).map_or(url.len(), |i| scheme_end + i);
+    match url[scheme_end..query_start].rfind('@') {
         Some(at) => format!("{}{}", &url[..scheme_end], &url[scheme_end + at + 1..]),
         None => url.to_owned(),
     }
@@ -501,6 +503,7 @@ mod tests {
         assert!(shown.contains("alice") && shown.contains("sasl.oauthbearer.client.secret=***"), "{shown}");
         assert_eq!(settings.registry.security.password().map(Secret::expose), Some("fromAfile-77"));
         assert_eq!(settings.registry.redacted_url(), "https://registry.example/apis");
+        assert_eq!(strip_userinfo("https://KEY:ab/cd+ef@psrc.example/apis?x=1"), "https://psrc.example/apis?x=1");
         assert_eq!(settings.kafka.security.sasl_password().map(Secret::expose), Some("kafkaSecret-1"));
         assert_eq!(settings.kafka.security.validate(), Ok(()));
     }

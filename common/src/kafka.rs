@@ -10,6 +10,20 @@ use rdkafka::producer::FutureProducer;
 
 use crate::config::KafkaConfig;
 
+/// A Kafka error as it may be logged or shown: rdkafka writes a refused setting's value into its
+/// message (`Client config error: … <name> <value>`), and that value may be a password (say a
+/// `sasl.jaas.config` line of a Java properties file given as `KAFKA_PROPERTIES_FILE`). Here the
+/// setting is named and its value never appears.
+pub fn describe(e: &KafkaError) -> String {
+    match e {
+        KafkaError::ClientConfig(_, description, name, value) => {
+            let description = if value.is_empty() { description.clone() } else { description.replace(value.as_str(), "***") };
+            format!("the Kafka client setting {name} was refused: {description}")
+        }
+        other => other.to_string(),
+    }
+}
+
 /// Settings every client shares: where the brokers are and how to connect (TLS, SASL, then the
 /// pass-through properties). Every Kafka client of the project starts from this. Callers set
 /// their own properties after it, so the delivery settings of [`bid_producer`] and
@@ -85,4 +99,23 @@ pub async fn ensure_topic(config: &KafkaConfig) -> Result<(), KafkaError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::producer::BaseProducer;
+
+    #[test]
+    fn a_refused_setting_is_named_and_its_value_never_shown() {
+        let secret = "password='s3cret-marker'";
+        let refused = ClientConfig::new().set("sasl.jaas.config", secret).create::<BaseProducer>().err().expect("librdkafka refuses a Java setting");
+        assert!(refused.to_string().contains("s3cret-marker"), "rdkafka's own text shows the value: {refused}");
+        let shown = describe(&refused);
+        assert!(!shown.contains("s3cret-marker") && shown.contains("sasl.jaas.config"), "{shown}");
+        // librdkafka's own description repeats an invalid value: that goes too.
+        let invalid = ClientConfig::new().set("security.protocol", "hunter2-marker").create::<BaseProducer>().err().expect("an invalid value");
+        assert!(invalid.to_string().contains("hunter2-marker"), "{invalid}");
+        assert!(!describe(&invalid).contains("hunter2-marker") && describe(&invalid).contains("security.protocol"), "{}", describe(&invalid));
+    }
 }

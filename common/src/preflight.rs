@@ -175,7 +175,7 @@ pub async fn check_kafka(config: &KafkaConfig, timeout: Duration) -> Finding {
     let client_config: ClientConfig = kafka::client_config(config);
     let producer: BaseProducer<ErrorCapture> = match client_config.create_with_context(capture.clone()) {
         Ok(producer) => producer,
-        Err(e) => return Finding::Refused(format!("Kafka client settings refused: {e}")),
+        Err(e) => return Finding::Refused(format!("Kafka client settings refused: {}", kafka::describe(&e))),
     };
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     // The metadata request blocks: on a thread of its own, detached, so a failure found

@@ -374,9 +374,10 @@ pub async fn run<S: Sink>(
     let consumer: GroupConsumer = kafka::consumer_config(&settings.kafka, &settings.group_id)
         .set("statistics.interval.ms", STATS_INTERVAL_MS.to_string())
         .create_with_context(context)
-        .context("Failed to create the Kafka consumer")?;
+        .map_err(|e| anyhow::anyhow!("Failed to create the Kafka consumer: {}", kafka::describe(&e)))?;
     let dead_letters = DeadLetterQueue {
-        producer: kafka::bid_producer(&settings.kafka, Duration::from_secs(30)).context("Failed to create the dead-letter producer")?,
+        producer: kafka::bid_producer(&settings.kafka, Duration::from_secs(30))
+            .map_err(|e| anyhow::anyhow!("Failed to create the dead-letter producer: {}", kafka::describe(&e)))?,
         topic: dlq::dlq_topic(&settings.kafka.topic),
         group: settings.group_id.clone(),
     };

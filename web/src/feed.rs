@@ -8,9 +8,10 @@
 //!   newest [`BIDS_PER_EVENT`] bids and, for every auction that had bids meanwhile, the best of
 //!   them (greatest price, earliest on a tie), so a busy topic costs a page five events a second,
 //!   not one per bid.
-//! - `board`: once a second, every open auction (highest, bid count, end in force: the board's
-//!   view, see [`crate::board`]), bids per minute over the last hour, the top bidders and the
-//!   pipeline's health ([`crate::health`]). Built once a second, whatever the number of pages.
+//! - `board`: once a second, the [`BOARD_AUCTIONS_MAX`] open auctions ending soonest (highest,
+//!   bid count, end in force: the board's view, see [`crate::board`]) and how many are open,
+//!   bids per minute over the last hour, the top bidders and the pipeline's health
+//!   ([`crate::health`]). Built once a second, whatever the number of pages.
 //!
 //! Fan-out: one broadcast channel of events serialized once. It holds the last
 //! [`EVENTS_BUFFERED`] events; a page that falls further behind is dropped (its stream ends;
@@ -51,8 +52,10 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 pub const BIDS_PER_EVENT: usize = 20;
 /// Events a page may fall behind before it is dropped.
 pub const EVENTS_BUFFERED: usize = 64;
-/// Most open auctions a `board` event lists (soonest end first).
-pub const BOARD_AUCTIONS_MAX: usize = 500;
+/// Most open auctions a `board` event lists (soonest end first): the first page of `/`. Every
+/// open page gets each `board` event (about 350 bytes an auction, once a second); an auction
+/// further down still gets its new highest bids from the `bids` events.
+pub const BOARD_AUCTIONS_MAX: usize = 50;
 /// How often the topic's partitions are looked up again (partitions may be added).
 const PARTITIONS_EVERY: Duration = Duration::from_secs(30);
 /// While Kafka or the registry fails, how often the log says so.
@@ -302,7 +305,7 @@ impl Feed {
                 .create();
             match (consumer, BidDecoder::new(registry)) {
                 (Ok(consumer), Ok(decoder)) => break (consumer, decoder),
-                (Err(e), _) => log_error(format!("cannot create the Kafka consumer: {e}")),
+                (Err(e), _) => log_error(format!("cannot create the Kafka consumer: {}", kafka::describe(&e))),
                 (_, Err(e)) => log_error(format!("cannot create the registry client: {e}")),
             }
             tokio::time::sleep(Duration::from_secs(1)).await;

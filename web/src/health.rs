@@ -12,6 +12,7 @@
 //! - Bids per minute over the last hour (`bids_per_minute`) and the top bidders
 //!   (`bidder_activity`), the summaries the db-writer keeps.
 
+use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -126,7 +127,7 @@ pub type HealthWatch = watch::Receiver<Health>;
 pub fn spawn(store: Arc<Store>, kafka_config: KafkaConfig, config: DashboardConfig, mut stop: watch::Receiver<bool>) -> HealthWatch {
     let (sender, receiver) = watch::channel(Health::default());
     tokio::spawn(async move {
-        let mut gatherer = Gatherer { store, kafka_config, config, consumers: Vec::new(), last_count: None, top: (None, Vec::new()) };
+        let mut gatherer = Gatherer { store, kafka_config, config, consumers: Vec::new(), last_count: None, top: (None, Vec::new()), logged: HashMap::new() };
         let mut tick = tokio::time::interval(EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -153,13 +154,29 @@ struct Gatherer {
     last_count: Option<(u64, Instant)>,
     /// When the top bidders were last read, and what they were.
     top: (Option<Instant>, Vec<BidderCount>),
+    /// Per source, the last problem logged and when: logged again once it changes or a minute passed.
+    logged: HashMap<&'static str, (String, Instant)>,
 }
 
 impl Gatherer {
+    fn log_once(&mut self, source: &'static str, problem: String) {
+        let repeat = self.logged.get(source).is_some_and(|(last, at)| *last == problem && at.elapsed() < Duration::from_secs(60));
+        if !repeat {
+            log::warn!("{problem}");
+            self.logged.insert(source, (problem, Instant::now()));
+        }
+    }
+
     async fn gather(&mut self) -> Health {
         let now = Utc::now();
         let mut health = Health { checked_at: Some(format_ts(&now)), ..Health::default() };
         health.groups = self.lags().await;
+        for group in &mut health.groups {
+            if let Some(error) = group.error.take() {
+                self.log_once("kafka", format!("dashboard: lag of group {}: {error}", group.group));
+                group.error = Some("Kafka did not say; see the web process's log".into());
+            }
+        }
         let mut database_errors = Vec::new();
         match self.store.bid_totals().await {
             Ok((count, newest)) => {
@@ -189,14 +206,22 @@ impl Gatherer {
             }
         }
         health.top_bidders = self.top.1.clone();
-        health.database_error = database_errors.first().map(|e: &StoreError| format!("MySQL: {e}"));
+        // Every visitor of /dashboard sees these: what failed, never how (user names, addresses
+        // and paths go to this process's log only).
+        health.database_error = database_errors.first().map(|e: &StoreError| {
+            self.log_once("mysql", format!("dashboard: MySQL: {e}"));
+            "The auction database is not answering; the web process's log says why.".to_owned()
+        });
         health.csv = match &self.config.backup_csv {
             None => CsvHealth::default(),
             Some(path) => {
                 let path = path.clone();
                 match tokio::task::spawn_blocking(move || newest_csv_line(&path)).await {
                     Ok(Ok(newest)) => CsvHealth { visible: true, newest_line: newest.map(Moment::new), error: None },
-                    Ok(Err(e)) => CsvHealth { visible: true, newest_line: None, error: Some(e) },
+                    Ok(Err(e)) => {
+                        self.log_once("csv", format!("dashboard: the CSV backup cannot be read: {e}"));
+                        CsvHealth { visible: true, newest_line: None, error: Some("see the web process's log".into()) }
+                    }
                     Err(e) => CsvHealth { visible: true, newest_line: None, error: Some(e.to_string()) },
                 }
             }
@@ -211,7 +236,7 @@ impl Gatherer {
                     .set("group.id", group)
                     .set("enable.auto.commit", "false")
                     .create::<BaseConsumer>()
-                    .map_err(|e| log::warn!("dashboard: no Kafka client for group {group}: {e}"))
+                    .map_err(|e| log::warn!("dashboard: no Kafka client for group {group}: {}", kafka::describe(&e)))
                     .ok()
                     .map(Arc::new);
                 self.consumers.push((group.clone(), consumer));

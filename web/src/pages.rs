@@ -35,7 +35,7 @@ use crate::idempotency::IdempotencyKey;
 use crate::rendered::NOW_MS_MARK;
 use crate::security::csrf::{CsrfError, Session};
 use crate::security::FrontDoor;
-use crate::state::SharedState;
+use crate::state::{Listing, SharedState};
 use crate::templates::{Templates, AUCTION, DASHBOARD, INDEX, MESSAGE};
 
 /// How many closed auctions `/` lists.
@@ -410,8 +410,9 @@ pub(crate) fn forbidden(templates: &Templates, error: &CsrfError, back: &str) ->
 // Handlers
 
 /// `/?page=N`: the open auctions, soonest end first, [`HOME_PAGE_SIZE`] a page, and (on the
-/// first page) the most recently closed. Rendered at most once a second per page and board
-/// version (see [`crate::rendered`]): its cost does not grow with the requests.
+/// first page) the most recently closed. Listed at most once a second and rendered at most once
+/// a second per page (see [`crate::rendered`]): its cost does not grow with the requests or the
+/// bids; the live feed moves an open page within the second.
 pub async fn home(state: SharedState, query: web::Query<HomeQuery>) -> HttpResponse {
     let page = match query.page.as_deref().map(str::parse::<u32>) {
         None => 1,
@@ -440,14 +441,19 @@ pub async fn home(state: SharedState, query: web::Query<HomeQuery>) -> HttpRespo
         }
     }
     let now = Utc::now();
-    let version = state.board.version();
-    let rendered = state.home_pages.get_or_render(page, version, now, || {
-        let (open, closed): (Vec<AuctionView>, Vec<AuctionView>) = state.board.auctions().into_iter().partition(|a| a.is_open(now));
-        let pages = Pages::new(page, open.len());
+    let listing = state.home_listing.get_or_make(now, || {
+        let (open, closed) = state.board.auctions().into_iter().partition(|a| a.is_open(now));
+        Listing { open, closed }
+    });
+    let pages = Pages::new(page, listing.open.len());
+    // Every page past the last is the same page, so asking for them costs one render a second.
+    let key = if pages.first == 0 && page > 1 { 0 } else { page };
+    let rendered = state.home_pages.get_or_render(key, now, || {
         let first = (page as usize - 1).saturating_mul(HOME_PAGE_SIZE);
-        let open: Vec<Card> = open.iter().skip(first).take(HOME_PAGE_SIZE).map(|a| Card::new(a, now)).collect();
+        let open: Vec<Card> = listing.open.iter().skip(first).take(HOME_PAGE_SIZE).map(|a| Card::new(a, now)).collect();
         // The board lists closed auctions latest end first.
-        let closed: Vec<Card> = if page == 1 { closed.iter().take(RECENTLY_CLOSED_MAX).map(|a| Card::new(a, now)).collect() } else { Vec::new() };
+        let closed: Vec<Card> =
+            if page == 1 { listing.closed.iter().take(RECENTLY_CLOSED_MAX).map(|a| Card::new(a, now)).collect() } else { Vec::new() };
         let notice = state.board.age().filter(|age| age.as_secs() >= STALE_AFTER_SECS).map(|age| {
             format!(
                 "Standings may be up to {} old: the auction database is not answering right now. Bids still go through.",

@@ -1,7 +1,8 @@
 //! Pages rendered once and served many times: a page that shows only the board (no form, no
-//! token, nothing about the visitor) is the same for every visitor while the board's version and
-//! the clock's second stay the same, so `/` is rendered at most once a second per page number
-//! however many auctions are open and however many requests come in.
+//! token, nothing about the visitor) is the same for every visitor within one second of the
+//! clock, so `/` is rendered at most once a second per page, however many requests and bids come
+//! in (the live feed moves the open pages meanwhile), and the board's auctions are listed and
+//! sorted at most once a second for all pages ([`PerSecond`]).
 //!
 //! The server's clock on the page (`data-server-now-ms`, from which the countdowns follow the
 //! server and not the browser) must be exact for each response, not for the render: the page is
@@ -16,7 +17,7 @@ use chrono::{DateTime, Utc};
 /// response replaces it with the time it is sent.
 pub const NOW_MS_MARK: &str = "\u{1}server-now-ms\u{1}";
 
-/// Most pages kept (one per page number asked for in the current second and version).
+/// Most pages kept (one per page number asked for in the current second).
 const PAGES_MAX: usize = 64;
 
 /// A rendered page around its one time mark.
@@ -47,7 +48,7 @@ impl Rendered {
     }
 }
 
-/// Pages keyed by a number (the page of a list), valid for one board version and one second.
+/// Pages keyed by a number (the page of a list), valid for one second of the clock.
 #[derive(Default)]
 pub struct PageCache {
     slot: Mutex<Slot>,
@@ -55,19 +56,18 @@ pub struct PageCache {
 
 #[derive(Default)]
 struct Slot {
-    version: u64,
     second: i64,
     pages: HashMap<u32, Arc<Rendered>>,
 }
 
 impl PageCache {
-    /// The page `key` for board `version` at `now`, rendered by `render` if this second and
-    /// version have none yet. Two workers missing at once both render; the later one is kept.
-    pub fn get_or_render<E>(&self, key: u32, version: u64, now: DateTime<Utc>, render: impl FnOnce() -> Result<String, E>) -> Result<Arc<Rendered>, E> {
+    /// The page `key` at `now`, rendered by `render` if this second has none yet. Two workers
+    /// missing at once both render; the later one is kept.
+    pub fn get_or_render<E>(&self, key: u32, now: DateTime<Utc>, render: impl FnOnce() -> Result<String, E>) -> Result<Arc<Rendered>, E> {
         let second = now.timestamp();
         {
             let slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
-            if slot.version == version && slot.second == second {
+            if slot.second == second {
                 if let Some(page) = slot.pages.get(&key) {
                     return Ok(Arc::clone(page));
                 }
@@ -75,13 +75,38 @@ impl PageCache {
         }
         let page = Arc::new(Rendered::new(render()?));
         let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
-        if slot.version != version || slot.second != second {
-            *slot = Slot { version, second, pages: HashMap::new() };
+        if slot.second != second {
+            *slot = Slot { second, pages: HashMap::new() };
         }
         if slot.pages.len() < PAGES_MAX {
             slot.pages.insert(key, Arc::clone(&page));
         }
         Ok(page)
+    }
+}
+
+/// A value made at most once a second of the clock (the board's auctions listed and sorted).
+pub struct PerSecond<T> {
+    slot: Mutex<Option<(i64, Arc<T>)>>,
+}
+
+impl<T> Default for PerSecond<T> {
+    fn default() -> Self {
+        Self { slot: Mutex::new(None) }
+    }
+}
+
+impl<T> PerSecond<T> {
+    pub fn get_or_make(&self, now: DateTime<Utc>, make: impl FnOnce() -> T) -> Arc<T> {
+        let second = now.timestamp();
+        if let Some((at, value)) = self.slot.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+            if *at == second {
+                return Arc::clone(value);
+            }
+        }
+        let value = Arc::new(make());
+        *self.slot.lock().unwrap_or_else(PoisonError::into_inner) = Some((second, Arc::clone(&value)));
+        value
     }
 }
 
@@ -102,21 +127,25 @@ mod tests {
     }
 
     #[test]
-    fn a_page_is_rendered_again_when_the_version_or_the_second_changes() {
+    fn a_page_is_rendered_again_only_when_the_second_changes() {
         let cache = PageCache::default();
         let mut renders = 0;
-        let mut get = |version, now| {
+        let mut get = |key, now| {
             cache
-                .get_or_render(1, version, now, || {
+                .get_or_render(key, now, || {
                     renders += 1;
                     Ok::<_, ()>(format!("render {renders}"))
                 })
                 .expect("renders")
                 .at(now)
         };
-        assert_eq!(get(7, at(100, 0)), "render 1");
-        assert_eq!(get(7, at(100, 999)), "render 1");
-        assert_eq!(get(8, at(100, 999)), "render 2");
-        assert_eq!(get(8, at(101, 0)), "render 3");
+        assert_eq!(get(1, at(100, 0)), "render 1");
+        assert_eq!(get(1, at(100, 999)), "render 1");
+        assert_eq!(get(2, at(100, 999)), "render 2");
+        assert_eq!(get(1, at(101, 0)), "render 3");
+        let listed = PerSecond::default();
+        let mut makes = 0;
+        let mut list = |now| *listed.get_or_make(now, || { makes += 1; makes });
+        assert_eq!((list(at(100, 0)), list(at(100, 500)), list(at(101, 0))), (1, 1, 2));
     }
 }

@@ -150,7 +150,8 @@ impl Application {
         let endpoints = preflight::Endpoints { kafka: Some(&config.kafka), registry: Some(&config.registry), database: Some(&config.database) };
         preflight::check(endpoints, preflight::STARTUP_CHECK_TIMEOUT).await?;
         let delivery_timeout = Duration::from_millis(config.delivery_timeout_ms);
-        let producer = kafka::bid_producer(&config.kafka, delivery_timeout).context("Failed to create the Kafka producer")?;
+        let producer = kafka::bid_producer(&config.kafka, delivery_timeout)
+            .map_err(|e| anyhow::anyhow!("Failed to create the Kafka producer: {}", kafka::describe(&e)))?;
         let encoder = BidEncoder::new(&config.registry, &config.kafka.topic).context("Failed to set up the schema registry client")?;
         let pool = db::pool(&config.database).with_context(|| format!("Invalid DATABASE_URL {}", config.database.redacted_url()))?;
         let http = auction_common::registry::http_client(&config.registry).map_err(anyhow::Error::msg)?;
@@ -184,6 +185,7 @@ impl Application {
             templates: Templates::new().context("Failed to load the templates")?,
             readiness: Readiness { kafka: config.kafka.clone(), registry_url: config.registry.url.clone(), http },
             home_pages: Default::default(),
+            home_listing: Default::default(),
         });
         prepare_in_background(state.clone(), config.kafka.clone());
         let (stop, mut stopped) = watch::channel(false);

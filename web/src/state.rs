@@ -7,7 +7,8 @@ use auction_common::config::KafkaConfig;
 
 use crate::bidding::Bidding;
 use crate::board::Board;
-use crate::rendered::PageCache;
+use crate::board::AuctionView;
+use crate::rendered::{PageCache, PerSecond};
 use crate::store::Store;
 use crate::templates::Templates;
 
@@ -18,8 +19,9 @@ pub struct AppState {
     pub store: Arc<Store>,
     pub templates: Templates,
     pub readiness: Readiness,
-    /// `/` as rendered for the board's current version and second.
+    /// `/` as rendered in the current second, and the open and closed auctions it lists.
     pub home_pages: PageCache,
+    pub home_listing: PerSecond<Listing>,
 }
 
 /// What `/readyz` checks.
@@ -30,3 +32,9 @@ pub struct Readiness {
 }
 
 pub type SharedState = web::Data<AppState>;
+
+/// The board's auctions as `/` lists them: open ones soonest end first, closed ones latest end first.
+pub struct Listing {
+    pub open: Vec<AuctionView>,
+    pub closed: Vec<AuctionView>,
+}

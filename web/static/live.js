@@ -89,7 +89,7 @@
   // outranks what the board knew).
   var shown = {};
   function standing(id) {
-    if (!shown[id]) { shown[id] = { leader: null, count: 0, minimum: null, increment: null }; }
+    if (!shown[id]) { shown[id] = { leader: null, fromFeed: false, count: 0, minimum: null, increment: null, ends: null }; }
     return shown[id];
   }
   function fromCents(c) { return Math.floor(c / 100) + "." + ("0" + (c % 100)).slice(-2); }
@@ -101,7 +101,12 @@
 
   // ---- "/" ------------------------------------------------------------------------------
   var cardById = {};
-  for (var i = 0; i < cards.length; i++) { cardById[cards[i].getAttribute("data-auction")] = cards[i]; }
+  for (var i = 0; i < cards.length; i++) {
+    var cardId = cards[i].getAttribute("data-auction");
+    cardById[cardId] = cards[i];
+    var cardEnds = cards[i].querySelector("time[data-countdown]");
+    if (cardEnds) { standing(cardId).ends = Number(cardEnds.getAttribute("data-ms")); }
+  }
   function updateCard(id, s, auction) {
     var card = cardById[id];
     if (!card) { return; }
@@ -132,6 +137,8 @@
   if (article) {
     if (placed) { seenBids[placed.getAttribute("data-bid-id")] = true; }
     standing(articleId).count = Number((document.getElementById("bid-count") || {}).textContent) || 0;
+    var articleEnds = article.querySelector("time[data-countdown]");
+    if (articleEnds) { standing(articleId).ends = Number(articleEnds.getAttribute("data-ms")); }
   }
   function addBidRow(bid) {
     if (seenBids[bid.bid_id]) { return; }
@@ -301,6 +308,9 @@
   }
 
   // ---- the feed -----------------------------------------------------------------------------
+  // How long a leader seen on the feed stands against the board (its refresh, 1 s, and the
+  // db-writer's batch, well under a second, with room to spare).
+  var FEED_LEADER_TRUSTED_MS = 5000;
   function leaderFrom(bid) { return { name: bid.name, price: bid.price, ms: bid.ms }; }
   // Bid counts come from the board alone (a bid of this process is in the board the moment
   // Kafka acks it, and also comes through the feed: counting feed bids would count it twice).
@@ -313,7 +323,9 @@
     var leaders = data.leaders || [];
     for (var l = 0; l < leaders.length; l++) {
       var s = standing(String(leaders[l].auction_id));
-      if (ranksAbove(leaders[l], s.leader)) { s.leader = leaderFrom(leaders[l]); raiseMinimum(s); }
+      // A bid placed at or after the end (as last known) does not count: the board will say.
+      if (s.ends !== null && leaders[l].ms >= s.ends) { continue; }
+      if (ranksAbove(leaders[l], s.leader)) { s.leader = leaderFrom(leaders[l]); s.fromFeed = true; raiseMinimum(s); }
       update(String(leaders[l].auction_id), null);
     }
     if (leaders.length) { drawAuctions(); }
@@ -328,7 +340,11 @@
     boardAuctions = data.auctions || [];
     for (var a = 0; a < boardAuctions.length; a++) {
       var auction = boardAuctions[a], id = String(auction.id), s = standing(id);
-      if (auction.highest && ranksAbove(auction.highest, s.leader)) { s.leader = auction.highest; }
+      s.ends = auction.ends_ms;
+      // The board has the last word on a leader the feed showed a while ago (one that did not
+      // count, say because the auction was closed early, is not in it).
+      var stale = s.fromFeed && s.leader && now() - s.leader.ms > FEED_LEADER_TRUSTED_MS;
+      if (stale || (auction.highest && ranksAbove(auction.highest, s.leader))) { s.leader = auction.highest; s.fromFeed = false; }
       s.count = Math.max(s.count, auction.bid_count);
       s.increment = auction.min_increment;
       if (s.minimum === null || cents(auction.minimum_next_plain) > cents(s.minimum)) { s.minimum = auction.minimum_next_plain; }
@@ -343,9 +359,26 @@
 
   var state = document.getElementById("feed-state");
   function say(text, cls) { if (state) { state.textContent = text; state.className = "feed-state " + cls; } }
-  var source = new EventSource("/api/feed");
-  source.addEventListener("open", function () { say("Live", "live"); });
-  source.addEventListener("error", function () { say("Reconnecting…", "down"); });
-  source.addEventListener("bids", function (e) { onBids(JSON.parse(e.data)); });
-  source.addEventListener("board", function (e) { onBoard(JSON.parse(e.data)); });
+  // A browser keeps at most 6 HTTP/1.1 connections to a site across all its tabs, and each open
+  // feed holds one: a tab in the background gives its feed back and takes it again when shown
+  // (the site resends the board and the newest bids on every connect).
+  var source = null;
+  function connect() {
+    if (source) { return; }
+    source = new EventSource("/api/feed");
+    source.addEventListener("open", function () { say("Live", "live"); });
+    source.addEventListener("error", function () { say("Reconnecting…", "down"); });
+    source.addEventListener("bids", function (e) { onBids(JSON.parse(e.data)); });
+    source.addEventListener("board", function (e) { onBoard(JSON.parse(e.data)); });
+  }
+  function disconnect() {
+    if (!source) { return; }
+    source.close();
+    source = null;
+    say("Paused while the tab is hidden", "down");
+  }
+  document.addEventListener("visibilitychange", function () {
+    if (document.visibilityState === "hidden") { disconnect(); } else { connect(); }
+  });
+  if (document.visibilityState !== "hidden") { connect(); }
 })();
