@@ -106,7 +106,7 @@ start_apps() {
 
 case ${1:-} in
   --stop) stop_apps ;;
-  --background) start_apps; wait_ready; echo "metrics:"; metrics_urls ;;
+  --background) start_apps; wait_ready; echo "dashboard: http://$BIND_ADDR/dashboard"; echo "metrics:"; metrics_urls ;;
   "")
     stack_was_up=yes
     bash "$ROOT/scripts/stack.sh" status >/dev/null 2>&1 || stack_was_up=no
@@ -124,6 +124,8 @@ case ${1:-} in
     cat <<MSG
 
   Site:       http://$BIND_ADDR/
+  Dashboard:  http://$BIND_ADDR/dashboard
+  Report:     make report (a static HTML page from the analysts' views)
   MySQL:      127.0.0.1:3306, database auction, user analyst / password analyst (read-only)
   CSV backup: $BACKUP_CSV
   Logs:       $LOGS/

@@ -280,3 +280,39 @@ async fn the_processs_own_acked_bid_shows_at_once_and_is_counted_once_after_the_
     writer.stop().await;
     stack.cleanup().await;
 }
+
+#[tokio::test]
+async fn the_list_holds_auctions_ended_within_seven_days_and_an_older_one_still_answers_by_id() {
+    let stack = TestStack::new().await;
+    for (id, days_ago) in [(40, 2), (41, 8)] {
+        insert_auction(&stack, NewAuction { ends_at: now_micros() - chrono::Duration::days(days_ago), ..NewAuction::open(id) }).await;
+    }
+    // An auction that ended 8 days ago by its first end, but whose bids moved the end to 1 day ago.
+    insert_auction(&stack, NewAuction { ends_at: now_micros() - chrono::Duration::days(9), ..NewAuction::open(42) }).await;
+    let mut conn = stack.pool.get_conn().await.unwrap();
+    conn.exec_drop(
+        "INSERT INTO auction_standing (auction_id, bid_count, last_bid_ts, current_ends_at, updated_at) VALUES (42, 0, NULL, ?, UTC_TIMESTAMP(6))",
+        ((now_micros() - chrono::Duration::days(1)).naive_utc(),),
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    let app = stack.spawn_web().await;
+
+    let list: Value = app.get("/api/auctions").await.json().await.unwrap();
+    let mut ids: Vec<u64> = list["auctions"].as_array().unwrap().iter().map(|a| a["id"].as_u64().unwrap()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [1, 40, 42], "open, ended 2 days ago, extended to 1 day ago; not the one ended 8 days ago: {list}");
+    for _ in 0..2 {
+        let old = app.get("/api/auctions/41").await;
+        assert_eq!(old.status(), 200);
+        let old: Value = old.json().await.unwrap();
+        assert_eq!((old["status"].as_str(), old["no_winner_reason"].as_str()), (Some("closed"), Some("no bids")), "{old}");
+        // Across a refresh of the board as well.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let page = app.get("/auctions/41").await;
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("Lot 41"));
+    stack.cleanup().await;
+}

@@ -16,6 +16,7 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     (4, "analyst_summaries", include_str!("../../sql/migrations/0004_analyst_summaries.sql")),
     (5, "bid_time_index", include_str!("../../sql/migrations/0005_bid_time_index.sql")),
     (6, "bidder_totals", include_str!("../../sql/migrations/0006_bidder_totals.sql")),
+    (7, "board_window", include_str!("../../sql/migrations/0007_board_window.sql")),
 ];
 
 /// TLS to MySQL, as `ssl-mode` names it in the MySQL clients.

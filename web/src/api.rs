@@ -193,11 +193,16 @@ struct AuctionList {
     server_time: String,
 }
 
-/// Every auction: open first (soonest end first), then closed (latest end first).
-pub async fn list_auctions(state: SharedState) -> HttpResponse {
+/// The board's auctions (open, or ended in the last 7 days): open first (soonest end first),
+/// then closed (latest end first). Before the board's first refresh it is read at once: a site
+/// just started lists what MySQL holds, not an empty list; 503 if MySQL cannot say.
+pub async fn list_auctions(state: SharedState) -> Result<HttpResponse, ApiError> {
+    if state.board.age().is_none() {
+        state.board.refresh().await.map_err(ApiError::database)?;
+    }
     let now = now_micros();
     let auctions = state.board.auctions().iter().map(|view| AuctionJson::new(view, now)).collect();
-    HttpResponse::Ok().json(AuctionList { auctions, server_time: format_ts(&now) })
+    Ok(HttpResponse::Ok().json(AuctionList { auctions, server_time: format_ts(&now) }))
 }
 
 pub async fn healthz() -> HttpResponse {

@@ -21,7 +21,10 @@
 //! bidder sees their own bid at once, and this process decides the next bid against it.
 //!
 //! Freshness: a background task ([`Board::spawn_refresh`]) re-reads the whole board every
-//! `STANDING_REFRESH_MS` (1000) with one query over `auction` LEFT JOIN `auction_standing`, and in
+//! `STANDING_REFRESH_MS` (1000) with one query over `auction` LEFT JOIN `auction_standing` (the
+//! auctions still open or ended within the last 7 days, read through indexes on their ends, so
+//! the cost does not grow with every auction ever made; an older one is looked up by id when a
+//! page or a bid names it), and in
 //! the same consistent snapshot asks which pending bids are recorded; those leave the overlay
 //! exactly when they enter the stored standing, so none is counted twice. The new snapshot is
 //! swapped in; readers copy from memory and never wait on MySQL, so a page costs the same at ten

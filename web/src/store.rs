@@ -85,6 +85,19 @@ fn auction_sql() -> String {
     format!("SELECT a.title, a.description, {RULES_COLUMNS}, {STANDING_COLUMNS} FROM auction a LEFT JOIN auction_standing s ON s.auction_id = a.id")
 }
 
+/// How long after its end an auction stays on the board (and in `GET /api/auctions`); an older
+/// one is looked up by id when asked for.
+pub const BOARD_ENDED_WINDOW_DAYS: i64 = 7;
+
+/// The board's auctions: those whose end in force (`ends_at`, or `current_ends_at` after
+/// extensions, which is never earlier) is after the cutoff. Two index ranges
+/// (ix_auction_ends_at, ix_standing_current_ends_at), so the cost follows the auctions on the
+/// board, not every auction ever made.
+fn board_sql() -> String {
+    let sql = auction_sql();
+    format!("{sql} WHERE a.ends_at >= ? UNION ALL {sql} WHERE a.ends_at < ? AND s.current_ends_at >= ?")
+}
+
 /// Pending ids are asked about this many at a time, so no statement grows without bound.
 const RECORDED_IDS_PER_QUERY: usize = 1000;
 
@@ -159,7 +172,8 @@ impl Store {
         self.call(Box::new(|conn| Box::pin(conn.ping()))).await
     }
 
-    /// Every auction with its stored standing, and which of `pending()` (bid ids acked by this
+    /// Every auction on the board (open, or ended within [`BOARD_ENDED_WINDOW_DAYS`]) with its
+    /// stored standing, and which of `pending()` (bid ids acked by this
     /// process) the db-writer has recorded, both read in one consistent snapshot: a bid is in
     /// the stored standing exactly when it is in `recorded`, so the board counts it once.
     /// `pending` is called once the snapshot is established, so a bid acked before then is
@@ -170,7 +184,8 @@ impl Store {
                 let mut opts = TxOpts::default();
                 opts.with_consistent_snapshot(true).with_readonly(true);
                 let mut tx = conn.start_transaction(opts).await?;
-                let rows: Vec<Row> = tx.query(auction_sql()).await?;
+                let cutoff = (Utc::now() - chrono::Duration::days(BOARD_ENDED_WINDOW_DAYS)).naive_utc();
+                let rows: Vec<Row> = tx.exec(board_sql(), (cutoff, cutoff, cutoff)).await?;
                 let pending = pending();
                 let mut recorded = HashSet::new();
                 for chunk in pending.chunks(RECORDED_IDS_PER_QUERY) {

@@ -12,7 +12,7 @@
   var dashboard = document.getElementById("dashboard");
   var cards = document.querySelectorAll("li.card[data-auction]");
   var article = document.querySelector("article.auction[data-open]");
-  if (!window.EventSource || (!dashboard && cards.length === 0 && !article)) { return; }
+  if (!window.EventSource || !window.auctionSpan || (!dashboard && cards.length === 0 && !article)) { return; }
 
   var serverOffset = 0;
   var body = Number(document.body.getAttribute("data-server-now-ms"));
@@ -21,15 +21,8 @@
   var loadedAt = body || Date.now();
   function now() { return Date.now() + serverOffset; }
 
-  function span(secs) {
-    if (secs < 60) { return secs + " s"; }
-    var m = Math.floor(secs / 60), h = Math.floor(secs / 3600), d = Math.floor(secs / 86400);
-    function two(major, minor, unit) { return minor === 0 ? major : major + " " + minor + " " + unit; }
-    if (secs < 600) { return two(m + " min", secs % 60, "s"); }
-    if (secs < 3600) { return m + " min"; }
-    if (secs < 86400) { return two(h + " h", m % 60, "min"); }
-    return two(d + " d", h % 24, "h");
-  }
+  // site.js (loaded first) words spans as the server does.
+  var span = window.auctionSpan;
   function left(ms) {
     var l = ms - now();
     return l > 0 ? span(Math.ceil(l / 1000)) + " left" : "ended";

@@ -2,14 +2,7 @@
 // The page works without this file: the server renders every time as text already.
 (function () {
   "use strict";
-  var serverNow = Number(document.body.getAttribute("data-server-now-ms"));
-  if (!serverNow) { return; }
-  // How far the browser's clock is from the server's, measured once when the page loads
-  // (the page's own travel time is the only error, a fraction of a second).
-  var offset = serverNow - Date.now();
-  function now() { return Date.now() + offset; }
-
-  // The same wording as the server's (pages.rs, `span`).
+  // The same wording as the server's (pages.rs, `span`); live.js words its times with it too.
   function span(secs) {
     if (secs < 60) { return secs + " s"; }
     var m = Math.floor(secs / 60), h = Math.floor(secs / 3600), d = Math.floor(secs / 86400);
@@ -19,6 +12,14 @@
     if (secs < 86400) { return two(h + " h", m % 60, "min"); }
     return two(d + " d", h % 24, "h");
   }
+  window.auctionSpan = span;
+
+  var serverNow = Number(document.body.getAttribute("data-server-now-ms"));
+  if (!serverNow) { return; }
+  // How far the browser's clock is from the server's, measured once when the page loads
+  // (the page's own travel time is the only error, a fraction of a second).
+  var offset = serverNow - Date.now();
+  function now() { return Date.now() + offset; }
 
   function tick() {
     var t = now();
