@@ -120,6 +120,8 @@ pub struct StartupRead {
     pub bytes_read: u64,
     /// Whether the positions came from the checkpoint; if not, the whole file was read.
     pub from_checkpoint: bool,
+    /// How long reading took (not the check against the topic that follows).
+    pub took: Duration,
 }
 
 /// What reading the file found: positions, the bid at each partition's highest offset, recent ids.
@@ -247,11 +249,12 @@ impl CsvSink {
         }
         let read = sink.startup;
         log::info!(
-            "appending to {} ({} partitions seen before; read {} of its {} bytes, {})",
+            "appending to {} ({} partitions seen before; read {} of its {} bytes in {:.0?}, {})",
             path.display(),
             sink.positions.partitions_known(),
             read.bytes_read,
             read.file_bytes,
+            read.took,
             if read.from_checkpoint { "positions from its checkpoint" } else { "the whole file" }
         );
         Ok(sink)
@@ -331,6 +334,7 @@ impl Drop for CsvSink {
 /// Opens and locks the file, cuts a torn line, and reads what a start needs: the rows after the
 /// checkpoint and the last `window` bytes if the checkpoint holds, the whole file if not.
 fn open_locked(path: &Path, window: u64) -> Result<(File, FileState), BackupError> {
+    let clock = Instant::now();
     let open_err = |e| BackupError::Open(path.to_owned(), e);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(open_err)?;
@@ -342,6 +346,7 @@ fn open_locked(path: &Path, window: u64) -> Result<(File, FileState), BackupErro
     let len = file.metadata().map_err(open_err)?.len();
     state.read.file_bytes = len;
     if len == 0 {
+        state.read.took = clock.elapsed();
         return Ok((file, state));
     }
     let checkpoint = match &last_line {
@@ -371,6 +376,7 @@ fn open_locked(path: &Path, window: u64) -> Result<(File, FileState), BackupErro
     };
     read_rows(path, &mut file, from, &mut state)?;
     state.last_line = last_line.unwrap_or_default();
+    state.read.took = clock.elapsed();
     Ok((file, state))
 }
 
