@@ -176,6 +176,7 @@ struct CheckpointMark {
     bid_id: String,
 }
 
+/// Where the checkpoint of `csv` is kept: beside it, `<file name>.positions`.
 pub fn checkpoint_path(csv: &Path) -> PathBuf {
     let mut name = csv.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "bids.csv".into());
     name.push(".positions");
