@@ -5,6 +5,7 @@
 
 mod api;
 mod auctions_api;
+mod backup_restart;
 mod browser;
 mod consumers;
 mod delivery;
