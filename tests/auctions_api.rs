@@ -316,3 +316,39 @@ async fn the_list_holds_auctions_ended_within_seven_days_and_an_older_one_still_
     assert!(page.text().await.unwrap().contains("Lot 41"));
     stack.cleanup().await;
 }
+
+#[tokio::test]
+async fn bids_racing_on_one_auction_in_one_process_are_accepted_only_an_increment_apart() {
+    let stack = TestStack::new().await;
+    insert_auction(&stack, NewAuction { starting_price: "1.00", min_increment: "1.00", ..NewAuction::open(50) }).await;
+    let app = stack.spawn_web().await;
+    // The same price 40 times at once: the first checked is accepted, every other one is below
+    // it plus the increment, whether or not Kafka has acked the first yet.
+    let same = futures::future::join_all((0..40).map(|i| app.post_bid_json("50", json!({"name": format!("same {i}"), "price": "10.00"})))).await;
+    let statuses: Vec<u16> = same.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 202).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 422).count(), 39, "{statuses:?}");
+    // Prices from 11 to 70 in a shuffled order, all at once: whatever is accepted is, in bid_ts
+    // order, each at least the increment above the one before.
+    let mut prices: Vec<u32> = (11..=70).collect();
+    prices.reverse();
+    prices.rotate_left(17);
+    let racing = futures::future::join_all(prices.iter().map(|p| app.post_bid_json("50", json!({"name": format!("racer {p}"), "price": format!("{p}.00")})))).await;
+    let mut accepted: Vec<(String, f64)> = Vec::new();
+    for response in racing {
+        let status = response.status().as_u16();
+        assert!(matches!(status, 202 | 422), "{status}");
+        if status == 202 {
+            let bid: Value = response.json().await.unwrap();
+            accepted.push((bid["bid_ts"].as_str().unwrap().to_owned(), bid["price"].as_str().unwrap().parse().unwrap()));
+        }
+    }
+    accepted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut last = 10.0;
+    for (ts, price) in &accepted {
+        assert!(*price >= last + 1.0, "accepted {price} at {ts} after {last}: {accepted:?}");
+        last = *price;
+    }
+    assert!(!accepted.is_empty());
+    stack.cleanup().await;
+}

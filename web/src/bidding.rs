@@ -3,17 +3,21 @@
 //! A bid request is validated; its auction must exist (404). Then, holding the auction's turn
 //! (below), the bid is stamped (`bid_ts`), checked against the auction's rules at that instant
 //! on the freshest standing this process knows (the board: stored standing plus every bid this
-//! process acked), encoded and produced; it is accepted once the broker acked it, and counted
-//! on the board at once, before the turn passes. So in one process every accepted bid beats
-//! the one accepted before it by the increment, and an anti-sniping extension it causes shows
-//! at once. Refusals: closed (409, naming when), below the minimum (422, naming it).
+//! process acked, plus the bids of this process still waiting for Kafka's ack), encoded and
+//! registered as in flight; the turn passes and the bid is produced. It is accepted once the
+//! broker acked it, and counted on the board at once, before it leaves the in-flight list. So in
+//! one process every accepted bid beats the one accepted before it by the increment, and an
+//! anti-sniping extension it causes shows at once. Refusals: closed (409, naming when), below
+//! the minimum (422, naming it).
 //!
-//! The turn: one bid per auction at a time is between its check and its ack in this process.
-//! It costs a hot auction one Kafka round trip per bid (a few ms); different auctions do not
-//! wait on each other. A bid waits for its turn at most the Kafka delivery timeout, then gets a
-//! 503. Several web processes do not share turns: two replicas may accept bids at the same
-//! moment that are closer than the increment (the winner is still the greatest price, earliest
-//! on a tie, as the db-writer counts them).
+//! The turn: one bid per auction at a time is between its stamp and its registration as in
+//! flight in this process (microseconds), not until its ack: a hot auction's bids are checked
+//! one after another and wait for Kafka together. A bid in flight that Kafka refuses leaves
+//! the list; the bids checked against it meanwhile had to beat it, so they beat what remains.
+//! Different auctions do not wait on each other. A bid waits for its turn at most the Kafka
+//! delivery timeout, then gets a 503. Several web processes do not share turns: two replicas
+//! may accept bids at the same moment that are closer than the increment (the winner is still
+//! the greatest price, earliest on a tie, as the db-writer counts them).
 //!
 //! Under faults:
 //! - at most `max_bids_in_flight` bids are being handled at once; beyond that a request gets
@@ -92,8 +96,39 @@ pub struct BiddingLimits {
     pub turn_wait: Duration,
 }
 
-/// One auction's turn: held by the bid between its check and its ack.
+/// One auction's turn: held by a bid from its stamp until it is registered as in flight.
 type Turn = OwnedMutexGuard<()>;
+
+/// Per auction, the bids of this process checked and handed on to Kafka, not yet acked or
+/// refused: the next bid on the auction is checked against the board plus these. Bounded by
+/// `max_bids_in_flight`.
+type InFlightBids = Arc<Mutex<HashMap<AuctionId, Vec<Bid>>>>;
+
+/// A bid's place in [`InFlightBids`], given back when dropped (after the ack put it on the
+/// board, or once it failed), whatever ends the producing task.
+struct InFlight {
+    bids: InFlightBids,
+    bid: Bid,
+}
+
+impl InFlight {
+    fn register(bids: &InFlightBids, bid: &Bid) -> Self {
+        bids.lock().unwrap_or_else(PoisonError::into_inner).entry(bid.auction_id).or_default().push(bid.clone());
+        Self { bids: Arc::clone(bids), bid: bid.clone() }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut bids = self.bids.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(list) = bids.get_mut(&self.bid.auction_id) {
+            list.retain(|b| b.bid_id != self.bid.bid_id);
+            if list.is_empty() {
+                bids.remove(&self.bid.auction_id);
+            }
+        }
+    }
+}
 
 pub struct Bidding {
     store: Arc<Store>,
@@ -103,6 +138,7 @@ pub struct Bidding {
     /// the auctions there are); unused ones are dropped as the map grows.
     turns: Mutex<HashMap<AuctionId, Arc<tokio::sync::Mutex<()>>>>,
     turn_wait: Duration,
+    in_flight_bids: InFlightBids,
     keys: IdempotencyKeys<BidRequest, Attempt>,
     acked: Mutex<BoundedMap<BidId, Bid>>,
     in_flight: Arc<Semaphore>,
@@ -120,6 +156,7 @@ impl Bidding {
             publisher,
             turns: Mutex::new(HashMap::new()),
             turn_wait: limits.turn_wait,
+            in_flight_bids: Arc::default(),
             keys: IdempotencyKeys::new(limits.idempotency_keys_max, limits.idempotency_key_ttl),
             acked: Mutex::new(BoundedMap::new(limits.acked_bids_max, None)),
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
@@ -161,20 +198,20 @@ impl Bidding {
         };
         // Refused here or below, before producing, the reservation gives the key back as it was.
         let permit = Arc::clone(&self.in_flight).try_acquire_owned().map_err(|_| ApiError::Busy(self.max_in_flight))?;
-        let (attempt, turn) = match earlier {
+        let (attempt, in_flight) = match earlier {
             // Not checked or stamped again: it is the bid the earlier request may have placed.
             Some(attempt) => (attempt, None),
             None => {
-                let (attempt, turn) = self.new_attempt(request).await?;
-                (attempt, Some(turn))
+                let (attempt, in_flight) = self.new_attempt(request).await?;
+                (attempt, Some(in_flight))
             }
         };
         let bid_id = attempt.bid.bid_id;
         // Waited for in a task of its own: a bidder who hangs up does not cancel it, so the key,
-        // the acked bids and the board still learn how it ended, and the permit and the
-        // auction's turn are held until then.
+        // the acked bids and the board still learn how it ended, and the permit and the bid's
+        // place among those in flight are held until then.
         let this = Arc::clone(self);
-        match tokio::spawn(async move { this.produce(attempt, reservation, permit, turn).await }).await {
+        match tokio::spawn(async move { this.produce(attempt, reservation, permit, in_flight).await }).await {
             Ok(result) => result,
             Err(e) => {
                 log::error!("the task producing bid {bid_id} ended without a result: {e}");
@@ -197,19 +234,23 @@ impl Bidding {
             .map_err(|_| ApiError::Unavailable(format!("auction {auction} is taking too many bids at once")))
     }
 
-    async fn new_attempt(&self, request: BidRequest) -> Result<(Attempt, Turn), ApiError> {
+    async fn new_attempt(&self, request: BidRequest) -> Result<(Attempt, InFlight), ApiError> {
         let id = request.auction_id;
         let not_found = || ApiError::NotFound(id.to_string());
         // Exists first, so no turn is made for an id that names no auction.
         self.board.find_auction(id).await.map_err(ApiError::database)?.ok_or_else(not_found)?;
-        let turn = self.turn(id).await?;
-        // Read again with the turn held: the bid before it in this process is on the board now.
-        let auction = self.board.auction(id).ok_or_else(not_found)?;
+        let _turn = self.turn(id).await?;
+        // Read again with the turn held: every bid before it in this process is on the board
+        // (acked) or in flight.
+        let mut auction = self.board.auction(id).ok_or_else(not_found)?;
+        let in_flight: Vec<Bid> = self.in_flight_bids.lock().unwrap_or_else(PoisonError::into_inner).get(&id).cloned().unwrap_or_default();
+        auction.standing.apply_in_order(&auction.rules, in_flight.iter());
         // Stamped before the check, so the bid is judged at the instant it carries.
         let bid = Bid::accept(id, request.name, request.price);
         auction.check(bid.price, bid.bid_ts)?;
         let payload = self.publisher.encode(&bid).await.map_err(|e| ApiError::from_publish(e, bid.bid_id))?;
-        Ok((Attempt { bid, payload: payload.into() }, turn))
+        let in_flight = InFlight::register(&self.in_flight_bids, &bid);
+        Ok((Attempt { bid, payload: payload.into() }, in_flight))
     }
 
     async fn produce(
@@ -217,7 +258,8 @@ impl Bidding {
         attempt: Attempt,
         mut reservation: Option<Reservation<BidRequest, Attempt>>,
         _permit: OwnedSemaphorePermit,
-        _turn: Option<Turn>,
+        // Dropped when this returns: after an ack has put the bid on the board.
+        _in_flight: Option<InFlight>,
     ) -> Result<Bid, ApiError> {
         if let Some(r) = reservation.as_mut() {
             r.producing(attempt.clone());
@@ -228,7 +270,8 @@ impl Bidding {
         match sent {
             Ok(()) => {
                 self.metrics.accepted();
-                // On the board before the turn passes: the next bid is checked against this one.
+                // On the board before it leaves the in-flight list: the next bid is always
+                // checked against it.
                 self.board.record_acked(&attempt.bid);
                 self.acked.lock().unwrap_or_else(PoisonError::into_inner).insert(attempt.bid.bid_id, attempt.bid.clone());
                 let bid = attempt.bid.clone();
