@@ -9,9 +9,6 @@
 //! - [`Board::auctions`]`() -> Vec<AuctionView>`: every auction known, open first, then by end.
 //! - [`Board::recent_bids`]`(id, limit).await -> Result<Vec<Bid>, StoreError>`: newest first, at
 //!   most [`RECENT_BIDS_MAX`], bids at or after the end left out.
-//! - [`Board::version`]`() -> u64`: changes whenever a view may have changed (a refresh, an
-//!   acked bid, an auction looked up); something rendered from the board can be reused while it
-//!   stays the same (and while the clock shows the same second, if it shows time left).
 //! - [`AuctionView`]: `is_open(now)`, `ends_at()` (the end in force: after extensions, or
 //!   `closed_at`), `minimum_next_bid()` (2 decimals), `outcome(now)` (`None` while open).
 //!
@@ -37,7 +34,6 @@
 //! count fewer bids until the db-writer catches up, never more).
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -131,8 +127,6 @@ pub struct Board {
     /// One refresh at a time: an older snapshot swapped in after a newer one would take back
     /// what the newer one showed. Holds when the last attempt ended and how.
     refreshing: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
-    /// Bumped (under the write lock) by every change to `live`.
-    version: AtomicU64,
 }
 
 struct RecentBids {
@@ -210,7 +204,6 @@ impl Board {
             lookup_slots: tokio::sync::Semaphore::new(LOOKUPS_AT_ONCE),
             recent: Mutex::new(HashMap::new()),
             refreshing: tokio::sync::Mutex::new(None),
-            version: AtomicU64::new(0),
         }
     }
 
@@ -220,18 +213,8 @@ impl Board {
         self.live.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// For a change: the version moves while the lock is held, so a reader that saw the old
-    /// version cannot have seen the new content.
     fn write(&self) -> RwLockWriteGuard<'_, Live> {
-        let live = self.live.write().unwrap_or_else(PoisonError::into_inner);
-        self.version.fetch_add(1, Ordering::Release);
-        live
-    }
-
-    /// Changes whenever what a view shows may have changed (see the module doc).
-    #[allow(dead_code, reason = "for the pages' render cache (GET / renders every auction); drop this once it is used")]
-    pub fn version(&self) -> u64 {
-        self.version.load(Ordering::Acquire)
+        self.live.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The auction as the board holds it now; `None` also for an auction created since the

@@ -1,7 +1,8 @@
 //! The bidding site. A bid is validated, Avro-encoded with the registered schema and produced
 //! to Kafka; the bidder is told "accepted" only after the broker acked it. The site never
 //! writes a bid to MySQL: it reads auctions and their standings from it (the board), and
-//! writes only the auctions an operator creates through the admin API.
+//! writes only the auctions an operator creates through the admin API. It also reads the bids
+//! topic itself, outside any consumer group, for the live pages and `/dashboard` (`feed`).
 
 mod admin;
 mod api;
